@@ -1,0 +1,94 @@
+"""Audio decoding, resampling and chunking (soundfile + soxr; no FFmpeg needed)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+SAMPLE_RATE = 16000
+CHUNK_SECONDS = 30.0
+MIN_SECONDS = 0.1
+SILENCE_PEAK = 1e-3
+"""Peak amplitude under which a clip counts as silent (about -60 dBFS)."""
+AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".aiff", ".aif", ".au")
+
+
+class AudioError(ValueError):
+    """An input file could not be used; the message names the file."""
+
+
+def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE, check_silence: bool = True) -> np.ndarray:
+    """Decode a file to mono float32 at ``sample_rate``.
+
+    Raises:
+        AudioError: one line naming the file: missing, empty, undecodable, too short, or silent.
+    """
+    import soundfile as sf
+    import soxr
+
+    path = Path(path)
+    if not path.exists():
+        raise AudioError(f"{path}: no such file")
+    if path.is_dir():
+        raise AudioError(f"{path}: is a folder, not an audio file")
+    if path.stat().st_size == 0:
+        raise AudioError(f"{path}: empty file")
+    try:
+        audio, sr = sf.read(str(path), dtype="float32", always_2d=True)
+    except Exception as e:  # noqa: BLE001 - libsndfile raises several types; report one line
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise AudioError(f"{path}: cannot decode audio ({reason})") from e
+    if audio.shape[0] == 0:
+        raise AudioError(f"{path}: no audio samples (truncated?)")
+    audio = audio.mean(axis=1)
+    if sr != sample_rate:
+        audio = soxr.resample(audio, sr, sample_rate).astype(np.float32)
+    if len(audio) < MIN_SECONDS * sample_rate:
+        raise AudioError(f"{path}: only {len(audio) / sample_rate:.3f} s of audio (truncated?)")
+    if not np.isfinite(audio).all():
+        raise AudioError(f"{path}: audio contains NaN or infinite samples")
+    if check_silence and float(np.abs(audio).max()) < SILENCE_PEAK:
+        raise AudioError(f"{path}: silent audio (peak below {SILENCE_PEAK}), nothing to transcribe")
+    return audio
+
+
+@dataclass
+class Chunk:
+    """A window of at most 30 s of one file's audio."""
+
+    index: int
+    start: float
+    end: float
+    audio: np.ndarray
+
+
+def chunk_audio(audio: np.ndarray, seconds: float = CHUNK_SECONDS, sample_rate: int = SAMPLE_RATE) -> list[Chunk]:
+    """Split audio into consecutive windows of ``seconds`` (Whisper's receptive field); a tail under 0.2 s is dropped."""
+    n = int(seconds * sample_rate)
+    chunks = []
+    for i, start in enumerate(range(0, max(len(audio), 1), n)):
+        piece = audio[start : start + n]
+        chunks.append(Chunk(i, start / sample_rate, (start + len(piece)) / sample_rate, piece))
+    if len(chunks) > 1 and len(chunks[-1].audio) < 0.2 * sample_rate:
+        chunks.pop()  # a sliver under 0.2 s holds no word; Whisper would hallucinate on it
+    return chunks
+
+
+def expand_inputs(paths: list) -> list:
+    """Expand folders into the audio files they hold (sorted); files are kept as given, missing ones too.
+
+    Items that are already decoded, ``(name, samples)`` pairs, pass through.
+    """
+    out: list = []
+    for p in paths:
+        if isinstance(p, tuple):
+            out.append(p)
+            continue
+        p = Path(p)
+        if p.is_dir():
+            out.extend(sorted(f for f in p.rglob("*") if f.suffix.lower() in AUDIO_EXTENSIONS and f.is_file()))
+        else:
+            out.append(p)
+    return out

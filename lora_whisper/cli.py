@@ -1,0 +1,253 @@
+"""Command line: each subcommand parses options and calls one library function."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from . import __version__
+
+logger = logging.getLogger("lora_whisper")
+
+
+class _OneLine(logging.Formatter):
+    def format(self, record):
+        return f"{record.levelname.lower()}: {record.getMessage()}"
+
+
+def _setup_logging(verbose: int) -> None:
+    h = logging.StreamHandler(sys.stderr)
+    h.setFormatter(_OneLine())
+    logger.handlers[:] = [h]
+    logger.setLevel(logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING)
+    logger.propagate = False
+
+
+def _registry(ctx):
+    from .registry import Registry
+
+    return Registry(ctx.obj["registry"])
+
+
+def _engine(ctx, quantize: str | None = None):
+    from .base import load_base
+    from .engine import Engine
+
+    o = ctx.obj
+    base = load_base(o["base"], quantize or o["quantize"], o["device"])
+    return Engine(base, _registry(ctx), cache_size=o["cache_size"])
+
+
+def _csv(value: str | None) -> list[str] | None:
+    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+
+
+def _fail(msg: str) -> None:
+    click.echo(f"error: {msg}", err=True)
+    sys.exit(2)
+
+
+def _progress(total: int, desc: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="file", file=sys.stderr, disable=total < 2 or not sys.stderr.isatty())
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__)
+@click.option("--registry", type=click.Path(file_okay=False), envvar="LORA_WHISPER_ADAPTERS", default="adapters",
+              show_default=True, help="Adapter registry folder (env LORA_WHISPER_ADAPTERS).")
+@click.option("--base", "base", default="offline", show_default=True, envvar="LORA_WHISPER_BASE",
+              help="Base model: 'offline' (packaged whisper-base), a local folder, or a Hub id (openai/whisper-small).")
+@click.option("--quantize", type=click.Choice(["int8", "none"]), default="int8", show_default=True,
+              help="Load the frozen base in 8-bit (bitsandbytes) or full precision.")
+@click.option("--device", default=None, help="cpu or cuda (default: cuda when available).")
+@click.option("--cache-size", default=4, show_default=True, help="Adapters kept resident (LRU).")
+@click.option("-v", "--verbose", count=True, help="-v info, -vv debug.")
+@click.pass_context
+def main(ctx, registry, base, quantize, device, cache_size, verbose):
+    """lora-whisper: LoRA adapters for Whisper, per language and domain."""
+    _setup_logging(verbose)
+    from .base import quiet_libraries
+
+    quiet_libraries()
+    ctx.obj = dict(registry=registry, base=base, quantize=quantize, device=device, cache_size=cache_size)
+
+
+# ---- base ----------------------------------------------------------------------------------------------------
+@main.group()
+def base():
+    """Base models."""
+
+
+@base.command("import-ct2")
+@click.argument("src", type=click.Path(exists=True, file_okay=False))
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--hub-id", default=None, help="Hub id the weights come from (recorded in adapters), e.g. openai/whisper-base.")
+def base_import_ct2(src, out, hub_id):
+    """Convert a CTranslate2 / faster-whisper model folder SRC into a transformers model folder OUT."""
+    from .ct2 import CT2FormatError, import_ct2
+
+    try:
+        path = import_ct2(src, out, hub_id=hub_id)
+    except (CT2FormatError, FileNotFoundError) as e:
+        _fail(str(e))
+    click.echo(str(path))
+
+
+@base.command("info")
+@click.pass_context
+def base_info(ctx):
+    """Show the base's identity (hub id, weight fingerprint, path)."""
+    from .base import load_base
+
+    b = load_base(ctx.obj["base"], ctx.obj["quantize"], ctx.obj["device"])
+    click.echo(json.dumps({**b.identity.to_dict(), "path": str(b.path), "quantize": b.quantize, "device": b.device,
+                           "languages": len(b.languages)}, indent=2))
+
+
+# ---- transcribe / detect / eval ------------------------------------------------------------------------------
+def _transcribe_options(**kw):
+    from .engine import TranscribeOptions
+
+    return TranscribeOptions(**kw)
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True)
+@click.option("--format", "fmt", type=click.Choice(["txt", "json", "srt", "vtt"]), default="txt", show_default=True)
+@click.option("--language", default=None, help="Force the language (skip detection).")
+@click.option("--languages", default=None, help="Restrict detection to these languages: fr,de,es.")
+@click.option("--adapter", default="auto", show_default=True, help="auto (route), none (base), or NAME[@VERSION].")
+@click.option("--domain", default=None, help="Prefer the adapter for this domain.")
+@click.option("--route", "route_mode", type=click.Choice(["per-file", "per-segment"]), default="per-file", show_default=True)
+@click.option("--threshold", default=0.5, show_default=True, help="Minimum language probability to use an adapter.")
+@click.option("--batch-size", default=8, show_default=True)
+@click.option("--beam-size", default=1, show_default=True)
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None, help="Write FILE.<format> here.")
+@click.option("--verbose-route", "verbose_route", is_flag=True, help="Print the route of each file to stderr.")
+@click.pass_context
+def transcribe(ctx, paths, fmt, language, languages, adapter, domain, route_mode, threshold, batch_size, beam_size,
+               out_dir, verbose_route):
+    """Transcribe audio files or folders, routing each to the right adapter."""
+    from .engine import FileError
+    from .output import render
+
+    options = _transcribe_options(language=language, languages=_csv(languages), adapter=adapter, domain=domain,
+                                  threshold=threshold, per_segment=route_mode == "per-segment",
+                                  batch_size=batch_size, beam_size=beam_size)
+    engine = _engine(ctx)
+    from .audio import expand_inputs
+
+    files = expand_inputs(list(paths))
+    failed = 0
+    with _progress(len(files), "transcribe") as bar:
+        for res in engine.transcribe(files, options, progress=None):
+            bar.update(1)
+            if isinstance(res, FileError):
+                failed += 1
+                click.echo(f"error: {res.error}", err=True)
+                continue
+            for w in res.warnings:
+                click.echo(f"warning: {res.file}: {w}", err=True)
+            if verbose_route:
+                click.echo(f"{res.file}: language={res.language} p={res.language_probability} adapter={res.adapter} "
+                           f"merged={res.merged} ({res.route})", err=True)
+            text = render(res, fmt)
+            if out_dir:
+                Path(out_dir).mkdir(parents=True, exist_ok=True)
+                dest = Path(out_dir) / f"{Path(res.file).stem}.{fmt}"
+                dest.write_text(text, encoding="utf-8")
+            else:
+                click.echo(text, nl=False)
+    sys.exit(1 if failed else 0)
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True)
+@click.option("--languages", default=None, help="Restrict detection to these languages: fr,de,es.")
+@click.option("--top-k", default=5, show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.option("--batch-size", default=8, show_default=True)
+@click.pass_context
+def detect(ctx, paths, languages, top_k, fmt, batch_size):
+    """Print language probabilities detected from the audio."""
+    from .engine import FileError
+
+    engine = _engine(ctx)
+    options = _transcribe_options(languages=_csv(languages), top_k=top_k, batch_size=batch_size, adapter="none")
+    failed = 0
+    for res in engine.detect(list(paths), options):
+        if isinstance(res, FileError):
+            failed += 1
+            click.echo(f"error: {res.error}", err=True)
+        elif fmt == "json":
+            click.echo(json.dumps(res.to_dict(), ensure_ascii=False))
+        else:
+            probs = "  ".join(f"{k} {v:.3f}" for k, v in res.languages.items())
+            click.echo(f"{res.file}\t{res.language}\t{probs}")
+    sys.exit(1 if failed else 0)
+
+
+def _load_data(src: str, language: str | None, split: str, audio_column: str, text_column: str, limit: int | None):
+    from .data import DataError, load_folder, load_hub, load_manifest
+
+    p = Path(src)
+    try:
+        if p.is_dir():
+            return load_folder(p, language=language)
+        if p.suffix.lower() in (".jsonl", ".csv", ".json"):
+            return load_manifest(p, audio_column, text_column, language=language)
+        if p.exists():
+            _fail(f"{src}: not a folder or a .jsonl/.csv manifest")
+        return load_hub(src, None, split, audio_column, text_column, language, limit)
+    except DataError as e:
+        _fail(str(e))
+
+
+@main.command("eval")
+@click.option("--data", "src", required=True, help="Folder (audiofolder), manifest (.jsonl/.csv) or Hub data set id.")
+@click.option("--adapter", default="none", show_default=True, help="none (base), auto (route), or NAME[@VERSION].")
+@click.option("--language", default=None, help="Force this language for every row (else each row's own).")
+@click.option("--domain", default=None)
+@click.option("--split", default="test", show_default=True, help="Hub data sets: split.")
+@click.option("--audio-column", default="audio", show_default=True)
+@click.option("--text-column", default="text", show_default=True)
+@click.option("--limit", type=int, default=None, help="Hub data sets: at most this many rows.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.option("--rows", is_flag=True, help="Also print every reference/hypothesis pair (json).")
+@click.pass_context
+def eval_cmd(ctx, src, adapter, language, domain, split, audio_column, text_column, limit, fmt, rows):
+    """WER and CER (raw and normalized) of the base or an adapter on a data set."""
+    from .evaluation import evaluate
+
+    loaded = _load_data(src, None, split, audio_column, text_column, limit)
+    for r in loaded.rejected:
+        click.echo(f"error: {r.id}: {r.reason}", err=True)
+    engine = _engine(ctx)
+    options = _transcribe_options(language=language, adapter=adapter, domain=domain)
+    with _progress(len(loaded.examples), "eval") as bar:
+        report = evaluate(engine, loaded.examples, options, progress=bar.update)
+    for e in report.errors:
+        click.echo(f"error: {e}", err=True)
+    if fmt == "json":
+        click.echo(json.dumps(report.to_dict(rows=rows), ensure_ascii=False))
+    else:
+        _print_scores(report)
+    sys.exit(1 if (report.errors or loaded.rejected) else 0)
+
+
+def _print_scores(report) -> None:
+    click.echo(f"{'language':<10}{'n':>5}{'WER':>9}{'CER':>9}{'WER raw':>9}{'CER raw':>9}")
+    items = list(report.by_language.items()) + ([("all", report.overall)] if len(report.by_language) > 1 else [])
+    for lang, s in items:
+        click.echo(f"{lang:<10}{s.n:>5}{s.wer:>9.3f}{s.cer:>9.3f}{s.wer_raw:>9.3f}{s.cer_raw:>9.3f}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

