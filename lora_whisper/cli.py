@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -60,12 +59,29 @@ def _progress(total: int, desc: str):
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__)
-@click.option("--registry", type=click.Path(file_okay=False), envvar="LORA_WHISPER_ADAPTERS", default="adapters",
-              show_default=True, help="Adapter registry folder (env LORA_WHISPER_ADAPTERS).")
-@click.option("--base", "base", default="offline", show_default=True, envvar="LORA_WHISPER_BASE",
-              help="Base model: 'offline' (packaged whisper-base), a local folder, or a Hub id (openai/whisper-small).")
-@click.option("--quantize", type=click.Choice(["int8", "none"]), default="int8", show_default=True,
-              help="Load the frozen base in 8-bit (bitsandbytes) or full precision.")
+@click.option(
+    "--registry",
+    type=click.Path(file_okay=False),
+    envvar="LORA_WHISPER_ADAPTERS",
+    default="adapters",
+    show_default=True,
+    help="Adapter registry folder (env LORA_WHISPER_ADAPTERS).",
+)
+@click.option(
+    "--base",
+    "base",
+    default="offline",
+    show_default=True,
+    envvar="LORA_WHISPER_BASE",
+    help="Base model: 'offline' (packaged whisper-base), a local folder, or a Hub id (openai/whisper-small).",
+)
+@click.option(
+    "--quantize",
+    type=click.Choice(["int8", "none"]),
+    default="int8",
+    show_default=True,
+    help="Load the frozen base in 8-bit (bitsandbytes) or full precision.",
+)
 @click.option("--device", default=None, help="cpu or cuda (default: cuda when available).")
 @click.option("--cache-size", default=4, show_default=True, help="Adapters kept resident (LRU).")
 @click.option("-v", "--verbose", count=True, help="-v info, -vv debug.")
@@ -88,7 +104,9 @@ def base():
 @base.command("import-ct2")
 @click.argument("src", type=click.Path(exists=True, file_okay=False))
 @click.argument("out", type=click.Path(file_okay=False))
-@click.option("--hub-id", default=None, help="Hub id the weights come from (recorded in adapters), e.g. openai/whisper-base.")
+@click.option(
+    "--hub-id", default=None, help="Hub id the weights come from (recorded in adapters), e.g. openai/whisper-base."
+)
 def base_import_ct2(src, out, hub_id):
     """Convert a CTranslate2 / faster-whisper model folder SRC into a transformers model folder OUT."""
     from .ct2 import CT2FormatError, import_ct2
@@ -107,8 +125,18 @@ def base_info(ctx):
     from .base import load_base
 
     b = load_base(ctx.obj["base"], ctx.obj["quantize"], ctx.obj["device"])
-    click.echo(json.dumps({**b.identity.to_dict(), "path": str(b.path), "quantize": b.quantize, "device": b.device,
-                           "languages": len(b.languages)}, indent=2))
+    click.echo(
+        json.dumps(
+            {
+                **b.identity.to_dict(),
+                "path": str(b.path),
+                "quantize": b.quantize,
+                "device": b.device,
+                "languages": len(b.languages),
+            },
+            indent=2,
+        )
+    )
 
 
 # ---- transcribe / detect / eval ------------------------------------------------------------------------------
@@ -125,22 +153,44 @@ def _transcribe_options(**kw):
 @click.option("--languages", default=None, help="Restrict detection to these languages: fr,de,es.")
 @click.option("--adapter", default="auto", show_default=True, help="auto (route), none (base), or NAME[@VERSION].")
 @click.option("--domain", default=None, help="Prefer the adapter for this domain.")
-@click.option("--route", "route_mode", type=click.Choice(["per-file", "per-segment"]), default="per-file", show_default=True)
+@click.option(
+    "--route", "route_mode", type=click.Choice(["per-file", "per-segment"]), default="per-file", show_default=True
+)
 @click.option("--threshold", default=0.5, show_default=True, help="Minimum language probability to use an adapter.")
 @click.option("--batch-size", default=8, show_default=True)
 @click.option("--beam-size", default=1, show_default=True)
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None, help="Write FILE.<format> here.")
 @click.option("--verbose-route", "verbose_route", is_flag=True, help="Print the route of each file to stderr.")
 @click.pass_context
-def transcribe(ctx, paths, fmt, language, languages, adapter, domain, route_mode, threshold, batch_size, beam_size,
-               out_dir, verbose_route):
+def transcribe(
+    ctx,
+    paths,
+    fmt,
+    language,
+    languages,
+    adapter,
+    domain,
+    route_mode,
+    threshold,
+    batch_size,
+    beam_size,
+    out_dir,
+    verbose_route,
+):
     """Transcribe audio files or folders, routing each to the right adapter."""
     from .engine import FileError
     from .output import render
 
-    options = _transcribe_options(language=language, languages=_csv(languages), adapter=adapter, domain=domain,
-                                  threshold=threshold, per_segment=route_mode == "per-segment",
-                                  batch_size=batch_size, beam_size=beam_size)
+    options = _transcribe_options(
+        language=language,
+        languages=_csv(languages),
+        adapter=adapter,
+        domain=domain,
+        threshold=threshold,
+        per_segment=route_mode == "per-segment",
+        batch_size=batch_size,
+        beam_size=beam_size,
+    )
     engine = _engine(ctx)
     from .audio import expand_inputs
 
@@ -156,8 +206,11 @@ def transcribe(ctx, paths, fmt, language, languages, adapter, domain, route_mode
             for w in res.warnings:
                 click.echo(f"warning: {res.file}: {w}", err=True)
             if verbose_route:
-                click.echo(f"{res.file}: language={res.language} p={res.language_probability} adapter={res.adapter} "
-                           f"merged={res.merged} ({res.route})", err=True)
+                click.echo(
+                    f"{res.file}: language={res.language} p={res.language_probability} adapter={res.adapter} "
+                    f"merged={res.merged} ({res.route})",
+                    err=True,
+                )
             text = render(res, fmt)
             if out_dir:
                 Path(out_dir).mkdir(parents=True, exist_ok=True)
@@ -247,6 +300,129 @@ def _print_scores(report) -> None:
     items = list(report.by_language.items()) + ([("all", report.overall)] if len(report.by_language) > 1 else [])
     for lang, s in items:
         click.echo(f"{lang:<10}{s.n:>5}{s.wer:>9.3f}{s.cer:>9.3f}{s.wer_raw:>9.3f}{s.cer_raw:>9.3f}")
+
+
+# ---- registry -------------------------------------------------------------------------------------------------
+@main.group()
+def adapters():
+    """The adapter registry: list, show, rm, import, export, activate."""
+
+
+def _registry_call(fn, *args, **kw):
+    from .hub import HubError
+    from .registry import RegistryError
+
+    try:
+        return fn(*args, **kw)
+    except (RegistryError, HubError) as e:
+        _fail(str(e))
+
+
+@adapters.command("list")
+@click.option("--all", "show_all", is_flag=True, help="Every version, not only the active ones.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.pass_context
+def adapters_list(ctx, show_all, fmt):
+    """A table of the adapters (problems found are listed on stderr)."""
+    records, problems = _registry(ctx).scan()
+    records = records if show_all else [r for r in records if r.active]
+    for p in problems:
+        click.echo(f"warning: skipped {p.path}: {p.message}", err=True)
+    if fmt == "json":
+        for r in records:
+            click.echo(json.dumps(r.to_dict(), ensure_ascii=False, default=str))
+        return
+    head = f"{'name':<22}{'ver':>4} {'act':<4}{'lang':<6}{'domain':<12}{'scope':<17}{'r':>4}{'WER before':>12}{'WER after':>11}  base"
+    click.echo(head)
+    for r in records:
+        m = r.metrics or {}
+        wb, wa = (m.get("before") or {}).get("wer"), (m.get("after") or {}).get("wer")
+        fmt_w = lambda x: f"{x:.3f}" if isinstance(x, (int, float)) else "-"  # noqa: E731
+        click.echo(
+            f"{r.name:<22}{r.version:>4} {'*' if r.active else '':<4}{r.language:<6}{r.domain or '-':<12}"
+            f"{r.lora.get('scope', '-'):<17}{str(r.lora.get('r', '-')):>4}{fmt_w(wb):>12}{fmt_w(wa):>11}  {r.base.get('hub_id')}"
+        )
+
+
+@adapters.command("show")
+@click.argument("ref")
+@click.pass_context
+def adapters_show(ctx, ref):
+    """Everything recorded about NAME[@VERSION] (JSON)."""
+    rec = _registry_call(_registry(ctx).get, ref)
+    click.echo(json.dumps(rec.to_dict(), indent=2, ensure_ascii=False, default=str))
+
+
+@adapters.command("rm")
+@click.argument("ref")
+@click.pass_context
+def adapters_rm(ctx, ref):
+    """Remove NAME (every version) or NAME@VERSION."""
+    for r in _registry_call(_registry(ctx).remove, ref):
+        click.echo(f"removed {r}")
+
+
+@adapters.command("activate")
+@click.argument("ref")
+@click.pass_context
+def adapters_activate(ctx, ref):
+    """Make NAME@VERSION the active version of NAME."""
+    rec = _registry_call(_registry(ctx).activate, ref)
+    click.echo(f"{rec.ref} is active")
+
+
+@adapters.command("import")
+@click.argument("src")
+@click.option("--name", default=None, help="Registry name (default: from its metadata, or the folder/repo name).")
+@click.option("--language", default=None, help="Language, when the adapter does not say.")
+@click.option("--domain", default=None)
+@click.pass_context
+def adapters_import(ctx, src, name, language, domain):
+    """File a PEFT adapter folder, or a Hub repo id (as `pull`), in the registry."""
+    reg = _registry(ctx)
+    if Path(src).is_dir():
+        rec = _registry_call(reg.import_folder, src, name=name, language=language, domain=domain)
+    else:
+        from .hub import pull as hub_pull
+
+        rec = _registry_call(hub_pull, reg, src, name=name, language=language, domain=domain)
+    click.echo(f"imported {rec.ref} ({rec.language}{'/' + rec.domain if rec.domain else ''})")
+
+
+@adapters.command("export")
+@click.argument("ref")
+@click.argument("out", type=click.Path(file_okay=False))
+@click.pass_context
+def adapters_export(ctx, ref, out):
+    """Copy NAME[@VERSION] to OUT in the standard PEFT layout (plus lora_whisper.json)."""
+    click.echo(str(_registry_call(_registry(ctx).export, ref, out)))
+
+
+@main.command()
+@click.argument("ref")
+@click.option("--repo", required=True, help="Hub repo id, user/name.")
+@click.option("--private", is_flag=True)
+@click.pass_context
+def push(ctx, ref, repo, private):
+    """Upload an adapter to the Hugging Face Hub (PEFT layout + model card)."""
+    from .hub import push as hub_push
+
+    click.echo(_registry_call(hub_push, _registry(ctx), ref, repo, private=private))
+
+
+@main.command()
+@click.argument("repo")
+@click.option("--name", default=None)
+@click.option("--language", default=None, help="Language, when the repo does not say.")
+@click.option("--domain", default=None)
+@click.option("--revision", default=None)
+@click.pass_context
+def pull(ctx, repo, name, language, domain, revision):
+    """Download an adapter from the Hub into the registry (safetensors only, checked)."""
+    from .hub import pull as hub_pull
+
+    rec = _registry_call(hub_pull, _registry(ctx), repo, name=name, language=language, domain=domain, revision=revision)
+    click.echo(f"pulled {repo} -> {rec.ref}")
 
 
 if __name__ == "__main__":  # pragma: no cover

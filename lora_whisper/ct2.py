@@ -147,7 +147,9 @@ def ct2_to_state_dict(variables: dict[str, np.ndarray], aliases: dict[str, str])
     ln("encoder/layer_norm", f"{E}.layer_norm")
     for i in range(n_enc):
         s, d = f"encoder/layer_{i}", f"{E}.layers.{i}"
-        split_fused(f"{s}/self_attention/linear_0", [f"{d}.self_attn.{p}_proj" for p in "qkv"], {f"{d}.self_attn.k_proj"})
+        split_fused(
+            f"{s}/self_attention/linear_0", [f"{d}.self_attn.{p}_proj" for p in "qkv"], {f"{d}.self_attn.k_proj"}
+        )
         lin(f"{s}/self_attention/linear_1", f"{d}.self_attn.out_proj")
         ln(f"{s}/self_attention/layer_norm", f"{d}.self_attn_layer_norm")
         lin(f"{s}/ffn/linear_0", f"{d}.fc1")
@@ -158,7 +160,9 @@ def ct2_to_state_dict(variables: dict[str, np.ndarray], aliases: dict[str, str])
     ln("decoder/layer_norm", f"{D}.layer_norm")
     for i in range(n_dec):
         s, d = f"decoder/layer_{i}", f"{D}.layers.{i}"
-        split_fused(f"{s}/self_attention/linear_0", [f"{d}.self_attn.{p}_proj" for p in "qkv"], {f"{d}.self_attn.k_proj"})
+        split_fused(
+            f"{s}/self_attention/linear_0", [f"{d}.self_attn.{p}_proj" for p in "qkv"], {f"{d}.self_attn.k_proj"}
+        )
         lin(f"{s}/self_attention/linear_1", f"{d}.self_attn.out_proj")
         ln(f"{s}/self_attention/layer_norm", f"{d}.self_attn_layer_norm")
         lin(f"{s}/attention/linear_0", f"{d}.encoder_attn.q_proj")
@@ -192,7 +196,9 @@ def ct2_to_state_dict(variables: dict[str, np.ndarray], aliases: dict[str, str])
     return sd, config
 
 
-def import_ct2(src: str | Path, out: str | Path, hub_id: str | None = None, model_files: list[Path] | None = None) -> Path:
+def import_ct2(
+    src: str | Path, out: str | Path, hub_id: str | None = None, model_files: list[Path] | None = None
+) -> Path:
     """Convert a CTranslate2 Whisper model folder into a transformers model folder.
 
     Args:
@@ -211,7 +217,9 @@ def import_ct2(src: str | Path, out: str | Path, hub_id: str | None = None, mode
     files = model_files or [src / "model.bin"]
     for f in files + [src / "config.json", src / "tokenizer.json"]:
         if not Path(f).is_file():
-            raise FileNotFoundError(f"{f}: missing; a CTranslate2 Whisper folder needs model.bin, config.json, tokenizer.json")
+            raise FileNotFoundError(
+                f"{f}: missing; a CTranslate2 Whisper folder needs model.bin, config.json, tokenizer.json"
+            )
     variables, aliases = parse_ct2_model(_read_parts(files), source=str(files[0]))
     sd, cfg_values = ct2_to_state_dict(variables, aliases)
     ct2_cfg = json.loads((src / "config.json").read_text())
@@ -233,13 +241,20 @@ def import_ct2(src: str | Path, out: str | Path, hub_id: str | None = None, mode
     missing, unexpected = model.load_state_dict(sd, strict=False)
     missing = [k for k in missing if k != "proj_out.weight"]  # tied to embed_tokens
     if missing or unexpected:
-        raise CT2FormatError(f"{src}: weights do not map onto Whisper (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        raise CT2FormatError(
+            f"{src}: weights do not map onto Whisper (missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
     model.tie_weights()
     model.generation_config = gen
     out.mkdir(parents=True, exist_ok=True)
     model.to(torch.float32).save_pretrained(out)
     processor.save_pretrained(out)
-    meta = {"hub_id": hub_id, "source": str(src), "format": "ctranslate2", "languages": len(getattr(gen, "lang_to_id", {}) or {})}
+    meta = {
+        "hub_id": hub_id,
+        "source": str(src),
+        "format": "ctranslate2",
+        "languages": len(getattr(gen, "lang_to_id", {}) or {}),
+    }
     (out / "lora_whisper_base.json").write_text(json.dumps(meta, indent=2))
     logger.info("imported %s -> %s (%d variables)", src, out, len(variables))
     return out

@@ -106,7 +106,9 @@ def load_manifest(
             out.rejected.append(Rejected(rid, f"empty {audio_column!r}"))
             continue
         out.examples.append(
-            Example(rid, path.parent / str(audio), str(row.get(text_column) or ""), row.get(language_column) or language)
+            Example(
+                rid, path.parent / str(audio), str(row.get(text_column) or ""), row.get(language_column) or language
+            )
         )
     return out
 
@@ -121,7 +123,9 @@ def load_folder(path: str | Path, language: str | None = None, text_column: str 
             cols = set().union(*(r.keys() for _, r in rows)) if rows else set()
             text_col = next((c for c in (text_column, "text", "sentence") if c in cols), None)
             if "file_name" not in cols or text_col is None:
-                raise DataError(f"{meta}: needs columns 'file_name' and {text_column!r} (or 'text'); has {sorted(cols)}")
+                raise DataError(
+                    f"{meta}: needs columns 'file_name' and {text_column!r} (or 'text'); has {sorted(cols)}"
+                )
             return load_manifest(meta, "file_name", text_col, language=language)
     raise DataError(f"{path}: no metadata.csv or metadata.jsonl (audiofolder layout)")
 
@@ -147,11 +151,21 @@ def load_hub(
         ds = load_dataset(dataset, config, split=split, streaming=streaming)
     except Exception as e:  # noqa: BLE001 - datasets raises many kinds; one line for the user
         raise DataError(f"hub data set {dataset!r} ({config}, {split}): cannot load ({type(e).__name__}: {e})") from e
-    return rows_from_dataset(ds.cast_column(audio_column, Audio(decode=False)) if audio_column in (ds.column_names or [audio_column]) else ds,
-                             f"{dataset}/{split}", audio_column, text_column, language, limit)
+    return rows_from_dataset(
+        ds.cast_column(audio_column, Audio(decode=False))
+        if audio_column in (ds.column_names or [audio_column])
+        else ds,
+        f"{dataset}/{split}",
+        audio_column,
+        text_column,
+        language,
+        limit,
+    )
 
 
-def rows_from_dataset(ds, name: str, audio_column: str, text_column: str, language: str | None, limit: int | None) -> Loaded:
+def rows_from_dataset(
+    ds, name: str, audio_column: str, text_column: str, language: str | None, limit: int | None
+) -> Loaded:
     """Turn rows of a ``datasets`` data set (audio not decoded: bytes or path) into examples."""
     import soundfile as sf
     import soxr
@@ -177,7 +191,9 @@ def rows_from_dataset(ds, name: str, audio_column: str, text_column: str, langua
             else:
                 raise AudioError("no audio bytes or path")
         except Exception as e:  # noqa: BLE001
-            out.rejected.append(Rejected(rid, f"unreadable audio ({str(e).splitlines()[0] if str(e) else type(e).__name__})"))
+            out.rejected.append(
+                Rejected(rid, f"unreadable audio ({str(e).splitlines()[0] if str(e) else type(e).__name__})")
+            )
             continue
         out.examples.append(Example(rid, audio, str(row.get(text_column) or ""), row.get("language") or language))
     return out

@@ -151,12 +151,16 @@ class Engine:
         t = time.perf_counter()
         try:
             if self.peft is None:
-                self.peft = PeftModel.from_pretrained(self.base.model, str(record.path), adapter_name=key, is_trainable=False)
+                self.peft = PeftModel.from_pretrained(
+                    self.base.model, str(record.path), adapter_name=key, is_trainable=False
+                )
                 self.peft.eval()
             else:
                 self.peft.load_adapter(str(record.path), adapter_name=key, is_trainable=False)
         except Exception as e:  # noqa: BLE001 - peft/safetensors raise many kinds; report one line
-            raise RegistryError(f"adapter {record.ref}: cannot load ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from e
+            raise RegistryError(
+                f"adapter {record.ref}: cannot load ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
+            ) from e
         self.resident[key] = record
         logger.debug("loaded adapter %s in %.0f ms", record.ref, 1000 * (time.perf_counter() - t))
         while len(self.resident) > self.cache_size:
@@ -221,7 +225,9 @@ class Engine:
         probs = logits.float()[:, ids].softmax(-1).cpu().numpy()
         return [dict(sorted(zip(names, map(float, row)), key=lambda kv: -kv[1])) for row in probs]
 
-    def generate(self, encoded, languages: list[str | None], adapter: str | None, options: TranscribeOptions) -> list[str]:
+    def generate(
+        self, encoded, languages: list[str | None], adapter: str | None, options: TranscribeOptions
+    ) -> list[str]:
         import torch
         from transformers.modeling_outputs import BaseModelOutput
 
@@ -255,7 +261,9 @@ class Engine:
                 errors[i] = FileError(_name(p), str(e))
         return audios
 
-    def detect(self, paths: list[str | Path], options: TranscribeOptions | None = None) -> Iterator[Detection | FileError]:
+    def detect(
+        self, paths: list[str | Path], options: TranscribeOptions | None = None
+    ) -> Iterator[Detection | FileError]:
         """Language probabilities per file (mean over its 30 s chunks); one encoder pass per chunk."""
         options = options or TranscribeOptions()
         candidates = self._candidates(options)
@@ -277,7 +285,10 @@ class Engine:
                 yield Detection(_name(p), top, mean.get(top), dict(list(mean.items())[: options.top_k]))
 
     def transcribe(
-        self, paths: list[str | Path], options: TranscribeOptions | None = None, progress: Callable[[int], None] | None = None
+        self,
+        paths: list[str | Path],
+        options: TranscribeOptions | None = None,
+        progress: Callable[[int], None] | None = None,
     ) -> Iterator[Transcription | FileError]:
         """Transcribe files (folders are expanded), yielding one result per file in input order."""
         options = options or TranscribeOptions()
@@ -345,7 +356,14 @@ class Engine:
                 continue
             js = [j for j, (fi, _) in enumerate(chunks) if fi == i]
             segs = [
-                Segment(chunks[j][1].start, chunks[j][1].end, texts[j], routes[j].language, routes[j].probability, routes[j].adapter)
+                Segment(
+                    chunks[j][1].start,
+                    chunks[j][1].end,
+                    texts[j],
+                    routes[j].language,
+                    routes[j].probability,
+                    routes[j].adapter,
+                )
                 for j in js
             ]
             first = routes[js[0]]

@@ -82,8 +82,10 @@ def check_safetensors(path: Path) -> None:
             if len(head) < 8:
                 raise RegistryError(f"{path}: truncated safetensors file ({size} bytes)")
             (n,) = struct.unpack("<Q", head)
-            if n > size - 8 or n > 100_000_000:
-                raise RegistryError(f"{path}: corrupt safetensors header (length {n}, file {size} bytes)")
+            if n > 100_000_000:
+                raise RegistryError(f"{path}: corrupt safetensors header (length {n})")
+            if n > size - 8:
+                raise RegistryError(f"{path}: truncated safetensors file (header of {n} bytes, file has {size})")
             header = json.loads(f.read(n))
     except (OSError, ValueError, UnicodeDecodeError) as e:
         if isinstance(e, RegistryError):
@@ -318,7 +320,9 @@ class Registry:
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
 
-    def add(self, src: str | Path, record: AdapterRecord, activate: bool = True, extra_files: dict | None = None) -> AdapterRecord:
+    def add(
+        self, src: str | Path, record: AdapterRecord, activate: bool = True, extra_files: dict | None = None
+    ) -> AdapterRecord:
         """File the adapter files in ``src`` as a new version of ``record.name``; returns the filed record.
 
         ``src`` is copied, never moved. The version number is assigned here. Nothing is visible in the registry
@@ -338,7 +342,9 @@ class Registry:
                 target.write_text(content) if isinstance(content, str) else target.write_bytes(content)
             with self.lock():
                 fam = self.root / record.name
-                existing = [int(p.name[1:]) for p in fam.glob("v*") if re.fullmatch(r"v\d+", p.name)] if fam.is_dir() else []
+                existing = (
+                    [int(p.name[1:]) for p in fam.glob("v*") if re.fullmatch(r"v\d+", p.name)] if fam.is_dir() else []
+                )
                 record.version = max(existing, default=0) + 1
                 record.created = record.created or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
                 record.save(tmp)
@@ -433,7 +439,8 @@ def lora_settings(config: dict) -> dict:
     """The LoRA settings worth showing, from a peft adapter_config.json."""
     targets = config.get("target_modules")
     if isinstance(targets, str):
-        scope = "decoder" if "decoder" in targets and "encoder" not in targets else "encoder+decoder"
+        encoder = "(encoder|decoder)" in targets or re.search(r"(^|[^_])encoder(\\)?\.", targets)
+        scope = "decoder" if "decoder" in targets and not encoder else "encoder+decoder"
     else:
         scope = "encoder+decoder"
     return {

@@ -16,7 +16,7 @@ CHARACTER_LANGUAGES = {"zh", "ja", "ko", "th", "yue", "my", "lo", "km", "bo"}
 """Languages written without spaces between words: scored by characters (CER is the headline)."""
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _english_normalizer():
     from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
 
@@ -31,7 +31,7 @@ def _english_normalizer():
     return EnglishTextNormalizer(mapping)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _basic_normalizer(split_letters: bool):
     from transformers.models.whisper.english_normalizer import BasicTextNormalizer
 

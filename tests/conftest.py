@@ -107,7 +107,7 @@ def wavs(tmp_path) -> dict[str, Path]:
     files["empty"].write_bytes(b"")
     files["text"] = tmp_path / "notes.wav"
     files["text"].write_text("this is not audio\n")
-    full = (tmp_path / "full.wav")
+    full = tmp_path / "full.wav"
     sf.write(full, tone, 16000)
     files["truncated"] = tmp_path / "truncated.wav"
     files["truncated"].write_bytes(full.read_bytes()[:30])
@@ -121,3 +121,51 @@ def wavs(tmp_path) -> dict[str, Path]:
 def copy_real_audio(dest: Path) -> Path:
     shutil.copytree(AUDIO, dest, dirs_exist_ok=True)
     return dest
+
+
+@pytest.fixture(scope="session")
+def tiny_adapter_factory(tiny_model_dir, tmp_path_factory):
+    """make(scope, seed) -> a PEFT adapter folder for the tiny base (random non-zero LoRA weights)."""
+    import torch
+    from peft import get_peft_model
+    from transformers import WhisperForConditionalGeneration
+
+    from lora_whisper.base import weights_fingerprint
+    from lora_whisper.lora import lora_config, save_adapter
+
+    fp = weights_fingerprint(tiny_model_dir)
+    made = {}
+
+    def make(scope: str = "encoder+decoder", seed: int = 0) -> Path:
+        if (scope, seed) in made:
+            return made[(scope, seed)]
+        torch.manual_seed(seed)
+        model = WhisperForConditionalGeneration.from_pretrained(tiny_model_dir)
+        peft_model = get_peft_model(model, lora_config(scope, r=4, alpha=8))
+        with torch.no_grad():
+            for n, p in peft_model.named_parameters():
+                if "lora_B" in n:
+                    p.normal_(0, 0.5)
+        out = tmp_path_factory.mktemp(f"adapter-{scope.replace('+', '_')}-{seed}")
+        save_adapter(peft_model, out, TINY_HUB_ID)
+        made[(scope, seed)] = out
+        return out
+
+    make.fingerprint = fp
+    return make
+
+
+def file_adapter(registry, folder, name, language, domain=None, fingerprint=None, scope="encoder+decoder", **kw):
+    from lora_whisper.registry import AdapterRecord
+
+    rec = AdapterRecord(
+        name=name,
+        version=0,
+        language=language,
+        domain=domain,
+        base={"hub_id": TINY_HUB_ID, "fingerprint": fingerprint},
+        lora={"r": 4, "alpha": 8, "scope": scope},
+        source="test",
+        **kw,
+    )
+    return registry.add(folder, rec)

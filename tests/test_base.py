@@ -15,7 +15,9 @@ def test_ct2_round_trip_matches_transformers(tiny_model_dir, tmp_path):
     from transformers import WhisperForConditionalGeneration
 
     ct2_dir = tmp_path / "ct2"
-    TransformersConverter(str(tiny_model_dir), copy_files=["tokenizer.json"]).convert(str(ct2_dir), quantization="float32")
+    TransformersConverter(str(tiny_model_dir), copy_files=["tokenizer.json"]).convert(
+        str(ct2_dir), quantization="float32"
+    )
     assert (ct2_dir / "model.bin").is_file() and ct2
     # the converter writes config.json; our importer needs tokenizer.json and lang ids as faster-whisper ships them
     cfg = json.loads((ct2_dir / "config.json").read_text())

@@ -4,7 +4,6 @@ import json
 
 import pytest
 from click.testing import CliRunner
-
 from conftest import AUDIO
 
 pytestmark = pytest.mark.integration

@@ -5,7 +5,7 @@ import pytest
 from click.testing import CliRunner
 
 from lora_whisper.audio import AudioError, chunk_audio, load_audio
-from lora_whisper.engine import Engine, FileError, Transcription, TranscribeOptions
+from lora_whisper.engine import Engine, TranscribeOptions, Transcription
 from lora_whisper.output import render
 
 
@@ -45,7 +45,14 @@ def test_batch_goes_on_after_bad_files(tiny_base, wavs):
     order = ["good", "empty", "text", "mp3", "truncated", "silence", "missing", "good2"]
     results = list(engine.transcribe([wavs[k] for k in order], TranscribeOptions(batch_size=2, max_new_tokens=5)))
     assert [type(r).__name__ for r in results] == [
-        "Transcription", "FileError", "FileError", "Transcription", "FileError", "FileError", "FileError", "Transcription"
+        "Transcription",
+        "FileError",
+        "FileError",
+        "Transcription",
+        "FileError",
+        "FileError",
+        "FileError",
+        "Transcription",
     ]
     for k, r in zip(order, results):
         assert r.file == str(wavs[k])
@@ -75,8 +82,16 @@ def test_language_restriction(tiny_base, wavs):
 def test_render_formats():
     from lora_whisper.engine import Segment
 
-    r = Transcription("a.wav", "hello there", "en", 0.9, None, False, 35.0,
-                      segments=[Segment(0, 30, "hello", "en", 0.9, None), Segment(30, 35.5, "there", "en", 0.9, None)])
+    r = Transcription(
+        "a.wav",
+        "hello there",
+        "en",
+        0.9,
+        None,
+        False,
+        35.0,
+        segments=[Segment(0, 30, "hello", "en", 0.9, None), Segment(30, 35.5, "there", "en", 0.9, None)],
+    )
     assert render(r, "txt") == "hello there\n"
     assert json.loads(render(r, "json"))["adapter"] is None
     assert "00:00:30,000 --> 00:00:35,500\nthere" in render(r, "srt")
@@ -87,8 +102,20 @@ def test_cli_contract_json_and_errors(tiny_model_dir, wavs, tmp_path):
     from lora_whisper.cli import main
 
     runner = CliRunner()
-    args = ["--base", str(tiny_model_dir), "--quantize", "none", "--registry", str(tmp_path / "reg"), "transcribe",
-            "--format", "json", str(wavs["good"]), str(wavs["empty"]), str(wavs["mp3"])]
+    args = [
+        "--base",
+        str(tiny_model_dir),
+        "--quantize",
+        "none",
+        "--registry",
+        str(tmp_path / "reg"),
+        "transcribe",
+        "--format",
+        "json",
+        str(wavs["good"]),
+        str(wavs["empty"]),
+        str(wavs["mp3"]),
+    ]
     res = runner.invoke(main, args)
     assert res.exit_code == 1, res.output
     lines = [json.loads(x) for x in res.stdout.splitlines()]

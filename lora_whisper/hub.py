@@ -1,0 +1,180 @@
+"""Push and pull adapters to and from the Hugging Face Hub (the only module that talks to the Hub).
+
+Pushed repos use the standard PEFT layout (adapter_config.json + adapter_model.safetensors + README.md model card),
+so ``PeftModel.from_pretrained(base, "user/name")`` works without lora-whisper. Our metadata travels beside them
+(``lora_whisper.json``) so that ``pull`` restores language, domain, metrics and the base fingerprint.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+
+from .registry import (
+    ADAPTER_CONFIG,
+    ADAPTER_WEIGHTS,
+    METADATA_FILE,
+    PICKLE_SUFFIXES,
+    AdapterRecord,
+    Registry,
+    RegistryError,
+)
+
+logger = logging.getLogger("lora_whisper")
+
+UPLOAD_FILES = (ADAPTER_CONFIG, ADAPTER_WEIGHTS, METADATA_FILE, "recipe.yaml", "training.png", "README.md")
+DOWNLOAD_PATTERNS = ["*.json", "*.safetensors", "*.md", "*.yaml", "*.png"]
+
+
+class HubError(RuntimeError):
+    """A Hub operation failed; one line saying what and how to fix it."""
+
+
+def _token() -> str:
+    from huggingface_hub import get_token
+
+    token = get_token()
+    if not token:
+        raise HubError("no Hugging Face token: set HF_TOKEN or run `hf auth login` (huggingface-cli login)")
+    return token
+
+
+def model_card(record: AdapterRecord, repo_id: str) -> str:
+    """A model card with the metadata the Hub indexes: library, base, task, language, tags, data sets, WER/CER."""
+    from huggingface_hub import EvalResult, ModelCardData
+
+    recipe_data = (record.recipe or {}).get("data", {}) or {}
+    datasets = [recipe_data["dataset"]] if recipe_data.get("dataset") else []
+    after = (record.metrics or {}).get("after") or {}
+    before = (record.metrics or {}).get("before") or {}
+    dataset_name = recipe_data.get("dataset") or recipe_data.get("source") or "held-out split"
+    results = [
+        EvalResult(
+            task_type="automatic-speech-recognition",
+            task_name="Speech Recognition",
+            dataset_type=recipe_data.get("dataset") or "custom",
+            dataset_name=str(dataset_name),
+            dataset_split="test",
+            metric_type=m,
+            metric_name=m.upper(),
+            metric_value=round(float(after[m]), 4),
+        )
+        for m in ("wer", "cer")
+        if after.get(m) is not None
+    ]
+    tags = ["lora", "peft", "whisper", "lora-whisper", record.language] + ([record.domain] if record.domain else [])
+    data = ModelCardData(
+        language=[record.language],
+        license="mit",
+        library_name="peft",
+        base_model=record.base.get("hub_id"),
+        pipeline_tag="automatic-speech-recognition",
+        tags=tags,
+        datasets=datasets or None,
+        model_name=repo_id.split("/")[-1],
+        eval_results=results or None,
+    )
+    lora = record.lora or {}
+    rows = "\n".join(
+        f"| {m.upper()} | {before.get(m, float('nan')):.3f} | {after.get(m, float('nan')):.3f} |"
+        for m in ("wer", "cer")
+        if m in after
+    )
+    body = f"""
+# {repo_id.split("/")[-1]}
+
+A LoRA adapter for [{record.base.get("hub_id")}](https://huggingface.co/{record.base.get("hub_id")}): language
+`{record.language}`{f", domain `{record.domain}`" if record.domain else ""}. Made with lora-whisper
+(version {record.version} of `{record.name}`), LoRA r={lora.get("r")} alpha={lora.get("alpha")} on
+{lora.get("target_modules")} ({lora.get("scope")}).
+
+## Use with peft
+
+```python
+from peft import PeftModel
+from transformers import WhisperForConditionalGeneration, WhisperProcessor
+
+base = WhisperForConditionalGeneration.from_pretrained("{record.base.get("hub_id")}")
+model = PeftModel.from_pretrained(base, "{repo_id}")
+processor = WhisperProcessor.from_pretrained("{record.base.get("hub_id")}")
+```
+
+## Evaluation (held-out split, normalized text)
+
+| metric | base | adapter |
+|---|---|---|
+{rows}
+
+Base weights fingerprint: `{record.base.get("fingerprint")}`. Training time: {record.train_seconds or "n/a"} s.
+"""
+    return f"---\n{data.to_yaml()}\n---\n{body}"
+
+
+def push(registry: Registry, ref: str, repo_id: str, private: bool = False, revision: str | None = None) -> str:
+    """Upload one adapter version to ``repo_id``; returns the commit URL."""
+    token = _token()
+    from huggingface_hub import HfApi
+
+    record = registry.get(ref)
+    api = HfApi(token=token)
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in UPLOAD_FILES:
+            if (record.path / name).is_file():
+                shutil.copy2(record.path / name, Path(tmp) / name)
+        (Path(tmp) / "README.md").write_text(model_card(record, repo_id), encoding="utf-8")
+        try:
+            api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+            info = api.upload_folder(
+                folder_path=tmp,
+                repo_id=repo_id,
+                repo_type="model",
+                revision=revision,
+                commit_message=f"Upload {record.ref} ({record.language}{'/' + record.domain if record.domain else ''})",
+            )
+        except Exception as e:  # noqa: BLE001 - hub client errors: one line for the user
+            raise HubError(f"push {record.ref} -> {repo_id}: {type(e).__name__}: {str(e).splitlines()[0]}") from e
+    return str(getattr(info, "commit_url", info))
+
+
+def pull(
+    registry: Registry,
+    repo_id: str,
+    name: str | None = None,
+    language: str | None = None,
+    domain: str | None = None,
+    revision: str | None = None,
+) -> AdapterRecord:
+    """Download an adapter repo (safetensors only) and file it in the registry after the usual checks."""
+    from huggingface_hub import HfApi, snapshot_download
+
+    api = HfApi()
+    try:
+        files = api.list_repo_files(repo_id, revision=revision)
+    except Exception as e:  # noqa: BLE001
+        raise HubError(f"pull {repo_id}: {type(e).__name__}: {str(e).splitlines()[0]}") from e
+    if ADAPTER_WEIGHTS not in files:
+        pickles = [f for f in files if f.endswith(PICKLE_SUFFIXES)]
+        why = f" (found pickled {', '.join(pickles)}: not accepted)" if pickles else ""
+        raise HubError(f"pull {repo_id}: no {ADAPTER_WEIGHTS} in the repo{why}")
+    if ADAPTER_CONFIG not in files:
+        raise HubError(f"pull {repo_id}: no {ADAPTER_CONFIG} in the repo")
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            local = snapshot_download(repo_id, revision=revision, allow_patterns=DOWNLOAD_PATTERNS, local_dir=tmp)
+        except Exception as e:  # noqa: BLE001
+            raise HubError(f"pull {repo_id}: {type(e).__name__}: {str(e).splitlines()[0]}") from e
+        local = Path(local)
+        shutil.rmtree(local / ".cache", ignore_errors=True)
+        default_name = repo_id.split("/")[-1].lower()
+        try:
+            return registry.import_folder(
+                local,
+                name=name or None if (local / METADATA_FILE).is_file() else name or default_name,
+                language=language,
+                domain=domain,
+                source=f"hf://{repo_id}",
+            )
+        except RegistryError as e:
+            raise HubError(f"pull {repo_id}: {e}") from e

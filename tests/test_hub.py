@@ -1,0 +1,116 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+from conftest import TINY_HUB_ID, file_adapter
+from hubserver import FakeHub
+
+from lora_whisper.registry import Registry
+
+
+@pytest.fixture()
+def hub(monkeypatch):
+    with FakeHub() as h:
+        monkeypatch.setenv("HF_ENDPOINT", h.url)
+        monkeypatch.setenv("HF_TOKEN", h.token)
+        monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        import huggingface_hub.constants as c
+
+        monkeypatch.setattr(c, "ENDPOINT", h.url)
+        monkeypatch.setattr(c, "HF_HUB_OFFLINE", False)
+        monkeypatch.setattr(c, "HUGGINGFACE_CO_URL_TEMPLATE", h.url + "/{repo_id}/resolve/{revision}/{filename}")
+        yield h
+
+
+def test_push_then_plain_peft_loads_then_pull(hub, tmp_path, tiny_adapter_factory, tiny_model_dir, monkeypatch):
+    from lora_whisper.cli import main
+
+    reg = Registry(tmp_path / "a")
+    file_adapter(
+        reg,
+        tiny_adapter_factory(),
+        "fr-medical",
+        "fr",
+        "medical",
+        fingerprint=tiny_adapter_factory.fingerprint,
+        metrics={"before": {"wer": 0.9, "cer": 0.5}, "after": {"wer": 0.3, "cer": 0.1}},
+    )
+    runner = CliRunner()
+    res = runner.invoke(main, ["--registry", str(reg.root), "push", "fr-medical", "--repo", "tester/fr-medical"])
+    assert res.exit_code == 0, res.output
+    files = hub.repos["tester/fr-medical"]
+    assert {"adapter_config.json", "adapter_model.safetensors", "README.md", "lora_whisper.json"} <= set(files)
+    card = files["README.md"].decode()
+    for needle in (
+        "library_name: peft",
+        f"base_model: {TINY_HUB_ID}",
+        "pipeline_tag: automatic-speech-recognition",
+        "- fr",
+        "model-index",
+        "type: wer",
+        "value: 0.3",
+    ):
+        assert needle in card, needle
+    assert json.loads(files["adapter_config.json"])["base_model_name_or_path"] == TINY_HUB_ID
+
+    # plain peft in a fresh process (no lora-whisper import), the Hub repo id given to from_pretrained
+    script = f"""
+import torch
+from peft import PeftModel
+from transformers import WhisperForConditionalGeneration
+hub = PeftModel.from_pretrained(WhisperForConditionalGeneration.from_pretrained({str(tiny_model_dir)!r}), "tester/fr-medical")
+local = PeftModel.from_pretrained(WhisperForConditionalGeneration.from_pretrained({str(tiny_model_dir)!r}), {str(reg.get("fr-medical").path)!r})
+x, d = torch.randn(1, 80, 3000), torch.tensor([[50258]])
+assert torch.equal(hub(input_features=x, decoder_input_ids=d).logits, local(input_features=x, decoder_input_ids=d).logits)
+assert hub.peft_config["default"].base_model_name_or_path == {TINY_HUB_ID!r}
+print("PLAIN_PEFT_OK")
+"""
+    env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_TOKEN": hub.token, "HF_HUB_DISABLE_XET": "1"}
+    env.pop("HF_HUB_OFFLINE", None)
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert "PLAIN_PEFT_OK" in proc.stdout, proc.stderr[-2000:]
+
+    other = Registry(tmp_path / "b")
+    res = runner.invoke(main, ["--registry", str(other.root), "pull", "tester/fr-medical"])
+    assert res.exit_code == 0, res.output
+    rec = other.get("fr-medical")
+    assert (rec.language, rec.domain, rec.source) == ("fr", "medical", "hf://tester/fr-medical")
+    assert rec.metrics["after"]["wer"] == 0.3 and rec.base["fingerprint"] == tiny_adapter_factory.fingerprint
+
+
+def test_pull_rejects_pickles_and_bad_names(hub, tmp_path, tiny_adapter_factory):
+    from lora_whisper.hub import HubError, pull
+
+    hub.repos["evil/pickled"] = {"adapter_config.json": b"{}", "adapter_model.bin": b"\x80\x04."}
+    hub.commits["evil/pickled"] = "1" * 40
+    reg = Registry(tmp_path / "r")
+    with pytest.raises(HubError, match="pickled adapter_model.bin"):
+        pull(reg, "evil/pickled")
+    a = tiny_adapter_factory()
+    meta = {"name": "../../escape", "version": 1, "language": "fr", "base": {"hub_id": TINY_HUB_ID}}
+    hub.repos["evil/name"] = {
+        "adapter_config.json": (a / "adapter_config.json").read_bytes(),
+        "adapter_model.safetensors": (a / "adapter_model.safetensors").read_bytes(),
+        "lora_whisper.json": json.dumps(meta).encode(),
+    }
+    hub.commits["evil/name"] = "2" * 40
+    with pytest.raises(HubError, match="not allowed"):
+        pull(reg, "evil/name")
+    assert not (tmp_path / "escape").exists() and reg.list() == []
+
+
+def test_push_without_token_fails_before_work(tmp_path, monkeypatch, tiny_adapter_factory):
+    from lora_whisper.cli import main
+
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    import huggingface_hub.constants as c
+
+    monkeypatch.setattr(c, "HF_TOKEN_PATH", str(tmp_path / "hf" / "token"))
+    monkeypatch.setattr(c, "HF_STORED_TOKENS_PATH", str(tmp_path / "hf" / "stored_tokens"))
+    res = CliRunner().invoke(main, ["--registry", str(tmp_path / "none"), "push", "x", "--repo", "u/x"])
+    assert res.exit_code == 2 and "no Hugging Face token" in res.stderr
