@@ -302,6 +302,65 @@ def _print_scores(report) -> None:
         click.echo(f"{lang:<10}{s.n:>5}{s.wer:>9.3f}{s.cer:>9.3f}{s.wer_raw:>9.3f}{s.cer_raw:>9.3f}")
 
 
+# ---- train ------------------------------------------------------------------------------------------------------
+@main.command()
+@click.option("--lang", "language", default=None, help="Language code (fr). Picks recipes/<lang>-<domain>.yaml.")
+@click.option("--domain", default=None, help="Domain (medical).")
+@click.option("--recipe", "recipe_path", type=click.Path(dir_okay=False), default=None, help="Recipe YAML file.")
+@click.option("--set", "overrides", multiple=True, help="Override a recipe field: --set train.lr=1e-4 (repeatable).")
+@click.option("--resume", is_flag=True, help="Continue from the last checkpoint of this recipe's run folder.")
+@click.option("--no-progress", is_flag=True, help="No progress bars.")
+@click.pass_context
+def train(ctx, language, domain, recipe_path, overrides, resume, no_progress):
+    """Train a LoRA adapter on the frozen base and file it in the registry."""
+    from .config import RecipeError, find_recipe, load_recipe
+
+    if recipe_path is None:
+        if not language:
+            _fail("give --lang (and --domain) or --recipe")
+        recipe_path = find_recipe(language, domain)
+    fields = {"language": language, "domain": domain}
+    if recipe_path is None and language:
+        from .synth import corpus_path
+
+        name = f"{language}-{domain}" if domain else language
+        try:
+            corpus_path(name)
+            fields["data"] = {"source": "synthetic", "corpus": name}
+        except FileNotFoundError:
+            pass
+    ov = list(overrides)
+    if ctx.obj["base"] != "offline":
+        ov.append(f"base.model={ctx.obj['base']}")
+    try:
+        recipe = load_recipe(recipe_path, ov, **fields)
+    except RecipeError as e:
+        _fail(str(e))
+    if recipe.base.quantize != ctx.obj["quantize"] and ctx.get_parameter_source("quantize").name != "DEFAULT":
+        recipe.base.quantize = ctx.obj["quantize"]
+    logger.info("recipe %s: %s/%s, %s LoRA r=%d", recipe_path or "(generic)", recipe.language, recipe.domain,
+                recipe.lora.scope, recipe.lora.r)
+    from .train import train as run_train
+
+    try:
+        result = run_train(recipe, _registry(ctx), resume=resume, progress=not no_progress)
+    except (ValueError, FileNotFoundError) as e:
+        _fail(str(e).splitlines()[0])
+    for r in result.rejected:
+        click.echo(f"warning: skipped {r.id}: {r.reason}", err=True)
+    if result.record is None:
+        return
+    b, a = result.before, result.after
+    click.echo(f"adapter   {result.record.ref}  ({result.record.path})")
+    click.echo(f"steps     {result.steps}   training time {result.train_seconds:.0f} s")
+    if b:
+        cut = (b.wer - a.wer) / b.wer if b.wer else float("nan")
+        click.echo(f"WER       {b.wer:.3f} -> {a.wer:.3f}  ({cut:+.0%} relative cut)")
+        click.echo(f"CER       {b.cer:.3f} -> {a.cer:.3f}")
+    else:
+        click.echo(f"WER       {a.wer:.3f}   CER {a.cer:.3f}")
+
+
 # ---- registry -------------------------------------------------------------------------------------------------
 @main.group()
 def adapters():

@@ -129,6 +129,7 @@ class Engine:
         self.peft = None
         self.resident: OrderedDict[str, AdapterRecord] = OrderedDict()
         self._failed: dict[str, str] = {}
+        self.pinned: dict[str, AdapterRecord] = {}
         tok = base.processor.tokenizer
         self.sot = tok.convert_tokens_to_ids("<|startoftranscript|>")
         self.dtype = base.model.model.encoder.conv1.weight.dtype
@@ -177,14 +178,21 @@ class Engine:
         self.peft.set_adapter(key)
         return contextlib.nullcontext()
 
+    def pin(self, record: AdapterRecord) -> None:
+        """Make an adapter that is not (yet) in the registry resolvable by its reference (used after training)."""
+        self.pinned[record.ref] = record
+
     def resolve(self, ref: str) -> tuple[AdapterRecord | None, str | None]:
         """Find and load an adapter; on failure return (None, warning) so the run goes on with the base."""
         if ref in self._failed:
             return None, self._failed[ref]
         try:
-            if self.registry is None:
+            if ref in self.pinned:
+                rec = self.pinned[ref]
+            elif self.registry is None:
                 raise RegistryError(f"adapter {ref!r}: no registry")
-            rec = self.registry.get(ref)
+            else:
+                rec = self.registry.get(ref)
             self.load_adapter(rec)
             return rec, None
         except RegistryError as e:

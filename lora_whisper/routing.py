@@ -64,13 +64,12 @@ def route(probs: dict[str, float] | None, records: list[AdapterRecord], request:
         return Route(language, p, None, "base requested (--adapter none)")
     if request.adapter not in ("auto", None, ""):
         ref = request.adapter
-        name = ref.split("@")[0]
         match = [r for r in records if r.ref == ref or (r.name == ref and r.active)]
         forced_lang = match[0].language if match else None
         if not request.language and forced_lang:
             # the user chose the adapter: decode in its language, whatever detection said
             language, p = forced_lang, (probs or {}).get(forced_lang)
-        return Route(language, p, match[0].ref if match else name, "adapter requested (--adapter)")
+        return Route(language, p, match[0].ref if match else ref, "adapter requested (--adapter)")
     if language is None:
         return Route(None, None, None, "no language (English-only base)")
     if p is not None and p < request.threshold:

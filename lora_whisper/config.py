@@ -1,0 +1,322 @@
+"""Recipes: YAML files loaded into dataclasses, with ``key.sub=value`` overrides and one validation pass that
+collects every problem before raising."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import yaml
+
+RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"
+"""The project's recipes/ folder (an editable install finds it beside the package)."""
+WHISPER_LANGUAGES = (
+    "en zh de es ru ko fr ja pt tr pl ca nl ar sv it id hi fi vi he uk el ms cs ro da hu ta no th ur hr bg lt la mi "
+    "ml cy sk te fa lv bn sr az sl kn et mk br eu is hy ne mn bs kk sq sw gl mr pa si km sn yo so af oc ka be tg sd "
+    "gu am yi lo uz fo ht ps tk nn mt sa lb my bo tl mg as tt haw ln ha ba jw su yue"
+).split()
+
+
+class RecipeError(ValueError):
+    """Every problem found in a recipe, one per line."""
+
+    def __init__(self, problems: list[str], source: str = "recipe"):
+        self.problems = problems
+        super().__init__(f"{source}: {len(problems)} problem(s)\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+@dataclass
+class BaseConfig:
+    """The frozen base."""
+
+    model: str = "offline"
+    """'offline' (packaged whisper-base), a local folder, or a Hub id."""
+    quantize: str = "int8"
+    """'int8' (bitsandbytes) or 'none'."""
+
+
+@dataclass
+class DataConfig:
+    """Where the training and held-out data come from."""
+
+    source: str = "synthetic"
+    """synthetic | manifest | folder | hub."""
+    corpus: str | None = None
+    """synthetic: shipped corpus name (fr-medical) or a .txt path; lines after '# test' are held out."""
+    train: str | None = None
+    """manifest/folder: training manifest (.jsonl/.csv) or audiofolder."""
+    test: str | None = None
+    """manifest/folder: held-out manifest or audiofolder."""
+    dataset: str | None = None
+    """hub: data set id (mozilla-foundation/common_voice_17_0, google/fleurs)."""
+    config: str | None = None
+    """hub: data set config (often the language)."""
+    train_split: str = "train"
+    """hub: training split."""
+    test_split: str = "test"
+    """hub: held-out split."""
+    audio_column: str = "audio"
+    """Column holding audio (manifest: a path)."""
+    text_column: str = "text"
+    """Column holding the transcript."""
+    max_train: int | None = 300
+    """Use at most this many training rows (None: all)."""
+    max_test: int | None = 60
+    """Use at most this many held-out rows."""
+    train_voices: int = 8
+    """synthetic: number of distinct training voices (variant x speed x pitch)."""
+    test_voices: int = 4
+    """synthetic: held-out voices (other variants than training)."""
+    speed: tuple[int, int] = (140, 180)
+    """synthetic: words-per-minute range."""
+    pitch: tuple[int, int] = (35, 65)
+    """synthetic: pitch range (0-99)."""
+    noise_snr_db: float | None = None
+    """synthetic: add white noise at this SNR (None: clean)."""
+
+
+@dataclass
+class LoraSettings:
+    """The adapter."""
+
+    scope: str = "encoder+decoder"
+    """'encoder+decoder' or 'decoder' (decoder-only trains on cached encoder outputs)."""
+    r: int = 32
+    """Rank."""
+    alpha: int = 64
+    """Scaling numerator (lora_alpha)."""
+    dropout: float = 0.05
+    """Dropout on the LoRA path."""
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+    """Linear layers to adapt: q_proj, k_proj, v_proj, out_proj, fc1, fc2."""
+
+
+@dataclass
+class TrainSettings:
+    """The optimisation."""
+
+    epochs: float = 1.0
+    """Passes over the training data (ignored when max_steps > 0)."""
+    max_steps: int = -1
+    """Stop after this many optimizer steps (-1: use epochs)."""
+    batch_size: int = 8
+    """Clips per device per step."""
+    grad_accum: int = 1
+    """Gradient accumulation steps."""
+    lr: float = 1e-3
+    """Peak learning rate (AdamW, linear decay)."""
+    warmup_steps: int = 3
+    """Linear warm-up steps."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    seed: int = 0
+    """Seed for data order, dropout and LoRA init."""
+    save_steps: int = 10
+    """Checkpoint every N steps (resume with --resume)."""
+    save_total_limit: int = 2
+    """Keep this many checkpoints."""
+    logging_steps: int = 1
+    """Log loss every N steps (TensorBoard + plot)."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in backward: less memory, ~1.2x slower step."""
+
+
+@dataclass
+class EvalSettings:
+    """WER/CER on the held-out split, before and after."""
+
+    batch_size: int = 8
+    """Clips per generate call."""
+    max_new_tokens: int | None = None
+    """Token limit per clip (None: 2 x the longest reference + 16, which bounds the base's loops)."""
+    skip_before: bool = False
+    """Skip the 'before' evaluation (its numbers are then missing from the record)."""
+
+
+@dataclass
+class OutputSettings:
+    """Where results go."""
+
+    name: str | None = None
+    """Registry name (default: language-domain, or language)."""
+    run_dir: str | None = None
+    """Checkpoints, TensorBoard logs and the adapter before filing (default: runs/NAME)."""
+
+
+@dataclass
+class Recipe:
+    """Everything a training run needs; saved beside the adapter."""
+
+    language: str = "fr"
+    """Whisper language code of the data."""
+    domain: str | None = None
+    """Domain label (medical, legal, ...); None for a general language adapter."""
+    base: BaseConfig = field(default_factory=BaseConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    train: TrainSettings = field(default_factory=TrainSettings)
+    eval: EvalSettings = field(default_factory=EvalSettings)
+    output: OutputSettings = field(default_factory=OutputSettings)
+
+    @property
+    def name(self) -> str:
+        return self.output.name or (f"{self.language}-{self.domain}" if self.domain else self.language)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output.run_dir or Path("runs") / self.name)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def to_yaml(self) -> str:
+        d = self.to_dict()
+        for key in ("speed", "pitch"):
+            d["data"][key] = list(d["data"][key])
+        return yaml.safe_dump(d, sort_keys=False, allow_unicode=True)
+
+
+def _build(cls, data: dict, where: str, problems: list[str]):
+    """Dataclass from a dict, recursing into nested dataclasses; unknown keys are problems."""
+    if not isinstance(data, dict):
+        problems.append(f"{where or 'recipe'}: expected a mapping, got {type(data).__name__}")
+        return cls()
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        path = f"{where}.{key}" if where else key
+        if key not in fields:
+            problems.append(f"{path}: unknown field; valid fields: {sorted(fields)}")
+            continue
+        default = getattr(cls(), key)
+        if dataclasses.is_dataclass(default):
+            kwargs[key] = _build(type(default), value or {}, path, problems)
+        elif isinstance(default, tuple) and isinstance(value, list):
+            kwargs[key] = tuple(value)
+        else:
+            kwargs[key] = value
+    return cls(**kwargs)
+
+
+def _parse_value(text: str):
+    value = yaml.safe_load(text) if text != "" else None
+    if isinstance(value, str):
+        try:  # YAML 1.1 reads 1e-4 as a string; users mean the number
+            return float(value)
+        except ValueError:
+            pass
+    return value
+
+
+def apply_overrides(data: dict, overrides: list[str], problems: list[str]) -> dict:
+    """``train.lr=1e-4`` style overrides (values parsed as YAML)."""
+    for item in overrides:
+        if "=" not in item:
+            problems.append(f"--set {item!r}: expected key.sub=value")
+            continue
+        key, value = item.split("=", 1)
+        node = data
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                problems.append(f"--set {key}: {p} is not a section")
+                break
+        else:
+            node[parts[-1]] = _parse_value(value)
+    return data
+
+
+def validate(r: Recipe) -> list[str]:
+    """Every problem with a recipe's values (empty when valid)."""
+    p = []
+    if r.language not in WHISPER_LANGUAGES:
+        p.append(f"language: {r.language!r} is not a Whisper language code (e.g. fr, de, es, en)")
+    if r.domain is not None and (not isinstance(r.domain, str) or not r.domain.replace("-", "").isalnum()):
+        p.append(f"domain: {r.domain!r} must be letters, digits or '-'")
+    if r.base.quantize not in ("int8", "none"):
+        p.append(f"base.quantize: {r.base.quantize!r} is not one of ['int8', 'none']")
+    d = r.data
+    if d.source not in ("synthetic", "manifest", "folder", "hub"):
+        p.append(f"data.source: {d.source!r} is not one of ['synthetic', 'manifest', 'folder', 'hub']")
+    if d.source == "synthetic" and not d.corpus:
+        p.append("data.corpus: required for synthetic data (a shipped corpus name or a .txt file)")
+    if d.source in ("manifest", "folder"):
+        for k in ("train", "test"):
+            if not getattr(d, k):
+                p.append(f"data.{k}: required for source {d.source}")
+    if d.source == "hub" and not d.dataset:
+        p.append("data.dataset: required for source hub")
+    for k in ("speed", "pitch"):
+        v = getattr(d, k)
+        if not (isinstance(v, (tuple, list)) and len(v) == 2 and all(isinstance(x, int) for x in v) and v[0] <= v[1]):
+            p.append(f"data.{k}: expected [low, high] integers, got {v!r}")
+    for k in ("max_train", "max_test"):
+        v = getattr(d, k)
+        if v is not None and (not isinstance(v, int) or v < 1):
+            p.append(f"data.{k}: must be a positive integer or null, got {v!r}")
+    lo = r.lora
+    if lo.scope not in ("encoder+decoder", "decoder"):
+        p.append(f"lora.scope: {lo.scope!r} is not one of ['encoder+decoder', 'decoder']")
+    if not isinstance(lo.r, int) or lo.r < 1:
+        p.append(f"lora.r: must be a positive integer, got {lo.r!r}")
+    if not isinstance(lo.alpha, (int, float)) or lo.alpha <= 0:
+        p.append(f"lora.alpha: must be positive, got {lo.alpha!r}")
+    if not isinstance(lo.dropout, (int, float)) or not 0 <= lo.dropout < 1:
+        p.append(f"lora.dropout: must be in [0, 1), got {lo.dropout!r}")
+    valid_mods = {"q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"}
+    if not lo.target_modules or not set(lo.target_modules) <= valid_mods:
+        p.append(f"lora.target_modules: {lo.target_modules!r}; choose from {sorted(valid_mods)}")
+    t = r.train
+    if not isinstance(t.lr, (int, float)) or t.lr <= 0:
+        p.append(f"train.lr: must be positive, got {t.lr!r}")
+    for k in ("batch_size", "grad_accum", "save_steps", "logging_steps", "save_total_limit"):
+        v = getattr(t, k)
+        if not isinstance(v, int) or v < 1:
+            p.append(f"train.{k}: must be a positive integer, got {v!r}")
+    if not isinstance(t.max_steps, int) or (t.max_steps < 1 and t.max_steps != -1):
+        p.append(f"train.max_steps: must be -1 or a positive integer, got {t.max_steps!r}")
+    if t.max_steps == -1 and (not isinstance(t.epochs, (int, float)) or t.epochs <= 0):
+        p.append(f"train.epochs: must be positive, got {t.epochs!r}")
+    if r.output.name is not None:
+        from .registry import NAME_RE
+
+        if not NAME_RE.match(str(r.output.name)) or ".." in str(r.output.name):
+            p.append(f"output.name: {r.output.name!r} must be lower-case letters, digits, '.', '_' or '-'")
+    return p
+
+
+def load_recipe(path: str | Path | None = None, overrides: list[str] | None = None, **fields) -> Recipe:
+    """Load a recipe file (or defaults), apply ``fields`` (language=, domain=) and ``key=value`` overrides, validate.
+
+    Raises:
+        RecipeError: listing every problem found.
+    """
+    problems: list[str] = []
+    data: dict = {}
+    source = str(path) if path else "recipe"
+    if path:
+        try:
+            data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError) as e:
+            raise RecipeError([f"cannot read: {e}"], source) from e
+    for k, v in fields.items():
+        if v is not None:
+            data[k] = v
+    data = apply_overrides(data, overrides or [], problems)
+    recipe = _build(Recipe, data, "", problems)
+    if not problems:
+        problems += validate(recipe)
+    if problems:
+        raise RecipeError(problems, source)
+    return recipe
+
+
+def find_recipe(language: str, domain: str | None, search: list[Path] | None = None) -> Path | None:
+    """``recipes/<language>-<domain>.yaml`` (project folder first, then the shipped ones), or None."""
+    name = f"{language}-{domain}.yaml" if domain else f"{language}.yaml"
+    for d in search or [Path("recipes"), RECIPES_DIR]:
+        if (d / name).is_file():
+            return d / name
+    return None

@@ -1,0 +1,45 @@
+from pathlib import Path
+
+import pytest
+
+from lora_whisper.config import RecipeError, find_recipe, load_recipe
+
+RECIPES = sorted((Path(__file__).parents[1] / "recipes").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
+def test_every_recipe_loads_and_names_its_command(path):
+    recipe = load_recipe(path)
+    first = path.read_text().splitlines()[0]
+    assert first.startswith("# lora-whisper train"), first
+    if "--recipe" not in first:
+        assert f"--lang {recipe.language}" in first and f"--domain {recipe.domain}" in first
+    if recipe.data.source == "synthetic":
+        from lora_whisper.synth import corpus_path, read_corpus
+
+        train, test = read_corpus(corpus_path(recipe.data.corpus))
+        assert len(train) >= 250 and len(test) >= 60 and not set(train) & set(test)
+
+
+def test_overrides_and_defaults():
+    r = load_recipe(RECIPES[0], ["train.lr=1e-4", "lora.r=8", "lora.target_modules=[q_proj,k_proj,v_proj]"])
+    assert r.train.lr == 1e-4 and r.lora.r == 8 and r.lora.target_modules == ["q_proj", "k_proj", "v_proj"]
+    assert find_recipe("fr", "medical").name == "fr-medical.yaml" and find_recipe("xx", "none") is None
+    g = load_recipe(None, language="it", domain="law", data={"source": "manifest", "train": "a.jsonl", "test": "b.jsonl"})
+    assert g.name == "it-law" and str(g.run_dir) == "runs/it-law"
+
+
+def test_all_problems_reported_at_once():
+    with pytest.raises(RecipeError) as e:
+        load_recipe(None, ["language=xx", "train.lr=-1", "lora.scope=both", "data.source=synthetic", "train.batch_size=0",
+                           "lora.target_modules=[q_proj,wrong]", "output.name=../up"])
+    msg = str(e.value)
+    for needle in ("language: 'xx' is not a Whisper language", "train.lr", "lora.scope", "data.corpus: required",
+                   "train.batch_size", "lora.target_modules", "output.name"):
+        assert needle in msg, needle
+    assert len(e.value.problems) == 7
+
+
+def test_unknown_field_is_named():
+    with pytest.raises(RecipeError, match="train.learning_rate: unknown field"):
+        load_recipe(None, ["train.learning_rate=1"], language="fr", data={"source": "synthetic", "corpus": "fr-medical"})
