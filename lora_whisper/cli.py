@@ -92,7 +92,8 @@ def main(ctx, registry, base, quantize, device, cache_size, verbose):
     from .base import quiet_libraries
 
     quiet_libraries()
-    ctx.obj = dict(registry=registry, base=base, quantize=quantize, device=device, cache_size=cache_size)
+    ctx.obj = dict(registry=registry, base=base, quantize=quantize, device=device, cache_size=cache_size,
+                   quantize_given=ctx.get_parameter_source("quantize").name != "DEFAULT")
 
 
 # ---- base ----------------------------------------------------------------------------------------------------
@@ -336,7 +337,7 @@ def train(ctx, language, domain, recipe_path, overrides, resume, no_progress):
         recipe = load_recipe(recipe_path, ov, **fields)
     except RecipeError as e:
         _fail(str(e))
-    if recipe.base.quantize != ctx.obj["quantize"] and ctx.get_parameter_source("quantize").name != "DEFAULT":
+    if ctx.obj["quantize_given"]:
         recipe.base.quantize = ctx.obj["quantize"]
     logger.info("recipe %s: %s/%s, %s LoRA r=%d", recipe_path or "(generic)", recipe.language, recipe.domain,
                 recipe.lora.scope, recipe.lora.r)
@@ -359,6 +360,22 @@ def train(ctx, language, domain, recipe_path, overrides, resume, no_progress):
         click.echo(f"CER       {b.cer:.3f} -> {a.cer:.3f}")
     else:
         click.echo(f"WER       {a.wer:.3f}   CER {a.cer:.3f}")
+
+
+@main.command("export")
+@click.argument("ref")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output folder.")
+@click.option("--ct2", is_flag=True, help="Also write a CTranslate2 model for faster-whisper (OUT/ct2).")
+@click.option("--ct2-quantization", default="int8", show_default=True, help="CTranslate2 weight type.")
+@click.pass_context
+def export_cmd(ctx, ref, out_dir, ct2, ct2_quantization):
+    """Write a full merged model (transformers format), optionally also for faster-whisper."""
+    from .export import export_merged
+
+    paths = _registry_call(export_merged, _registry(ctx), ref, out_dir, base=ctx.obj["base"], ct2=ct2,
+                           ct2_quantization=ct2_quantization)
+    for p in paths:
+        click.echo(str(p))
 
 
 # ---- registry -------------------------------------------------------------------------------------------------

@@ -43,6 +43,17 @@ class TranscribeOptions:
     """Token limit per chunk (Whisper's context is 448 including the prompt)."""
     top_k: int = 5
     """Language probabilities reported per file."""
+    merge: bool = False
+    """Merge an adapter into the weights while a group of chunks uses it (into a float32 copy when the base is 8-bit:
+    merging into int8 weights loses accuracy, FACTS.md), unmerge after."""
+    combine: str | None = None
+    """With --domain: combine the language adapter and the domain adapter (peft add_weighted_adapter: linear, cat,
+    ties) into one derived adapter, cached."""
+    combine_weights: tuple[float, float] = (1.0, 1.0)
+    """Weights of (language adapter, domain adapter) in the combination."""
+    batching: str = "grouped"
+    """'grouped': one generate per adapter (set_adapter between groups); 'mixed': rows of different adapters in one
+    generate call (peft adapter_names=)."""
 
 
 @dataclass
@@ -130,6 +141,7 @@ class Engine:
         self.resident: OrderedDict[str, AdapterRecord] = OrderedDict()
         self._failed: dict[str, str] = {}
         self.pinned: dict[str, AdapterRecord] = {}
+        self._merged_cache: tuple[str, object] | None = None
         tok = base.processor.tokenizer
         self.sot = tok.convert_tokens_to_ids("<|startoftranscript|>")
         self.dtype = base.model.model.encoder.conv1.weight.dtype
@@ -178,6 +190,25 @@ class Engine:
         self.peft.set_adapter(key)
         return contextlib.nullcontext()
 
+    def combined(self, refs: list[str], options: TranscribeOptions) -> AdapterRecord:
+        """A derived adapter combining resident ones (peft add_weighted_adapter), cached like any other."""
+        key = adapter_key("+".join(refs)) + f"-{options.combine}"
+        if key in self.resident:
+            self.resident.move_to_end(key)
+            return self.resident[key]
+        recs = [self.registry.get(r) if r not in self.pinned else self.pinned[r] for r in refs]
+        keys = [self.load_adapter(r) for r in recs]
+        kwargs = {"density": 0.5} if options.combine in ("ties", "dare_linear", "dare_ties") else {}
+        self.peft.add_weighted_adapter(keys, list(options.combine_weights)[: len(keys)], adapter_name=key,
+                                       combination_type=options.combine, **kwargs)
+        first = recs[-1]
+        derived = AdapterRecord(name="+".join(r.name for r in recs), version=0, language=first.language,
+                                base=first.base, domain=first.domain,
+                                lora={"scope": "decoder" if all(r.decoder_only for r in recs) else "encoder+decoder",
+                                      "combination": options.combine, "of": refs})
+        self.resident[key] = derived
+        return derived
+
     def pin(self, record: AdapterRecord) -> None:
         """Make an adapter that is not (yet) in the registry resolvable by its reference (used after training)."""
         self.pinned[record.ref] = record
@@ -207,10 +238,20 @@ class Engine:
         f = fe(audios, sampling_rate=SAMPLE_RATE, return_tensors="pt").input_features
         return f.to(self.base.device, self.dtype)
 
-    def encode(self, features, adapter: str | None = None):
+    def encode(self, features, adapter: str | None = None, model=None):
         import torch
 
+        if model is not None:
+            with torch.inference_mode():
+                return model.model.encoder(features.float()).last_hidden_state
         with torch.inference_mode(), self._set(adapter):
+            return self.base.model.model.encoder(features).last_hidden_state
+
+    def encode_rows(self, features, adapter_names: list[str]):
+        """Encoder pass with a different adapter per row (peft adapter_names; "__base__" = none)."""
+        import torch
+
+        with torch.inference_mode(), self.peft._enable_peft_forward_hooks(adapter_names=adapter_names):
             return self.base.model.model.encoder(features).last_hidden_state
 
     def language_probs(self, encoded, candidates: list[str] | None = None) -> list[dict[str, float]]:
@@ -234,17 +275,33 @@ class Engine:
         return [dict(sorted(zip(names, map(float, row)), key=lambda kv: -kv[1])) for row in probs]
 
     def generate(
-        self, encoded, languages: list[str | None], adapter: str | None, options: TranscribeOptions
+        self,
+        encoded,
+        languages: list[str | None],
+        adapter: str | None,
+        options: TranscribeOptions,
+        model=None,
+        adapter_names: list[str] | None = None,
     ) -> list[str]:
+        """Greedy/beam decoding from encoder output, in each row's language, with one adapter, per-row adapters
+        (``adapter_names``), or a separate merged ``model``."""
+        import contextlib
+
         import torch
         from transformers.modeling_outputs import BaseModelOutput
 
         kwargs = dict(task="transcribe") if self.base.languages else {}
         if self.base.languages:
             kwargs["language"] = languages if len(set(languages)) > 1 else languages[0]
-        with torch.inference_mode(), self._set(adapter):
-            out = self.base.model.generate(
-                encoder_outputs=BaseModelOutput(last_hidden_state=encoded),
+        if adapter_names is not None:
+            ctx = self.peft._enable_peft_forward_hooks(adapter_names=adapter_names)
+        elif model is not None:
+            ctx = contextlib.nullcontext()
+        else:
+            ctx = self._set(adapter)
+        with torch.inference_mode(), ctx:
+            out = (model or self.base.model).generate(
+                encoder_outputs=BaseModelOutput(last_hidden_state=encoded.float() if model is not None else encoded),
                 num_beams=options.beam_size,
                 # the prompt (<|sot|><|lang|><|task|><|notimestamps|>) shares the decoder's context with the text
                 max_new_tokens=min(options.max_new_tokens, self.base.model.config.max_target_positions - 4),
@@ -338,24 +395,16 @@ class Engine:
                     r = Route(r.language, r.probability, None, warn)
                 else:
                     r.adapter = rec.ref
+                    lang_rec = self.registry.find(r.language) if (self.registry and options.combine and rec.domain) else None
+                    if lang_rec is not None and lang_rec.ref != rec.ref and options.adapter == "auto":
+                        try:
+                            self.combined([lang_rec.ref, rec.ref], options)
+                            r.adapter, r.reason = f"{lang_rec.ref}+{rec.ref}", r.reason + f" + {lang_rec.ref} ({options.combine})"
+                        except Exception as e:  # noqa: BLE001 - e.g. linear needs equal ranks: say so, keep the domain adapter
+                            warnings[i].append(f"cannot combine {lang_rec.ref} and {rec.ref}: {str(e).splitlines()[0]}")
             routes.append(r)
 
-        # group chunks by adapter: one swap per group, batched generate with per-row languages
-        texts = [""] * len(chunks)
-        for ref in dict.fromkeys(r.adapter for r in routes):
-            members = [j for j, r in enumerate(routes) if r.adapter == ref]
-            key = adapter_key(ref) if ref else None
-            rec = self.resident.get(key) if key else None
-            for idx in _batches(members, options.batch_size):
-                import torch
-
-                if rec is None or rec.decoder_only:
-                    enc = torch.cat([base_enc[j] for j in idx])  # the encoder is unchanged: reuse its pass
-                else:
-                    enc = self.encode(torch.cat([feats[j] for j in idx]), key)
-                out = self.generate(enc, [routes[j].language for j in idx], key, options)
-                for j, t in zip(idx, out):
-                    texts[j] = t
+        texts, merged = self._generate_routes(chunks, feats, base_enc, routes, options)
 
         results: list[Transcription | FileError] = []
         for i, path in enumerate(group):
@@ -371,6 +420,7 @@ class Engine:
                     routes[j].language,
                     routes[j].probability,
                     routes[j].adapter,
+                    merged[j],
                 )
                 for j in js
             ]
@@ -388,7 +438,7 @@ class Engine:
                     language=language,
                     language_probability=prob,
                     adapter=first.adapter if len(adapters) == 1 else ",".join(sorted(a or "base" for a in adapters)),
-                    merged=False,
+                    merged=any(s.merged for s in segs),
                     duration=round(len(audios[i]) / SAMPLE_RATE, 3),
                     languages=dict(list(file_probs[i].items())[: options.top_k]) if file_probs[i] else {},
                     route=first.reason,
@@ -397,6 +447,102 @@ class Engine:
                 )
             )
         return results
+
+
+    # ---- generation strategies -----------------------------------------------------------------------------------
+    def _key_for(self, ref: str | None, options: TranscribeOptions) -> str | None:
+        if ref is None:
+            return None
+        if "+" in ref:
+            return adapter_key(ref) + f"-{options.combine}"
+        return adapter_key(ref)
+
+    def _generate_routes(self, chunks, feats, base_enc, routes, options: TranscribeOptions):
+        """Texts (and merged flags) for every chunk, grouped by adapter or in mixed batches."""
+        import torch
+
+        texts, merged = [""] * len(chunks), [False] * len(chunks)
+        if options.batching == "mixed" and not options.merge and len({r.adapter for r in routes}) > 1:
+            for idx in _batches(list(range(len(chunks))), options.batch_size):
+                keys = [self._key_for(routes[j].adapter, options) for j in idx]
+                recs = [self.resident.get(k) if k else None for k in keys]
+                enc_names = [k if (r is not None and not r.decoder_only) else "__base__" for k, r in zip(keys, recs)]
+                if any(n != "__base__" for n in enc_names):
+                    enc = self.encode_rows(torch.cat([feats[j] for j in idx]), enc_names)
+                else:
+                    enc = torch.cat([base_enc[j] for j in idx])
+                out = self.generate(enc, [routes[j].language for j in idx], None, options,
+                                    adapter_names=[k or "__base__" for k in keys])
+                for j, t in zip(idx, out):
+                    texts[j] = t
+            return texts, merged
+        for ref in dict.fromkeys(r.adapter for r in routes):
+            members = [j for j, r in enumerate(routes) if r.adapter == ref]
+            key = self._key_for(ref, options)
+            rec = self.resident.get(key) if key else None
+            merge = bool(options.merge and key)
+            with self._merged(key) if merge else _null() as model:
+                for idx in _batches(members, options.batch_size):
+                    if model is not None:  # a merged float32 copy: its own encoder and decoder
+                        enc = self.encode(torch.cat([feats[j] for j in idx]), model=model)
+                    elif rec is None or rec.decoder_only:
+                        enc = torch.cat([base_enc[j] for j in idx])  # the encoder is unchanged: reuse its pass
+                    else:
+                        enc = self.encode(torch.cat([feats[j] for j in idx]), key)
+                    out = self.generate(enc, [routes[j].language for j in idx], key, options, model=model)
+                    for j, t in zip(idx, out):
+                        texts[j], merged[j] = t, merge
+        return texts, merged
+
+    def _merged(self, key: str):
+        """Context: the adapter merged into weights. float32 base: merge in place, unmerge after (exact).
+        8-bit base: a float32 copy with the adapter merged (cached for the next group), since merging into int8
+        weights loses accuracy and unmerging does not restore them (FACTS.md)."""
+        import contextlib
+
+        @contextlib.contextmanager
+        def in_place():
+            self.peft.set_adapter(key)
+            self.peft.merge_adapter([key])
+            try:
+                yield None
+            finally:
+                self.peft.unmerge_adapter()
+
+        if self.base.quantize == "none":
+            return in_place()
+        return contextlib.nullcontext(self._merged_copy(key))
+
+    def _merged_copy(self, key: str):
+        if self._merged_cache and self._merged_cache[0] == key:
+            return self._merged_cache[1]
+        from .base import load_model
+
+        self._merged_cache = None  # free the previous copy first
+        rec = self.resident[key]
+        model = load_model(self.base.path, "none", self.base.device)
+        from peft import PeftModel
+
+        if rec.path is not None:
+            model = PeftModel.from_pretrained(model, str(rec.path)).merge_and_unload()
+        else:  # a derived (combined) adapter lives only in memory: copy its LoRA weights over
+            from peft import get_peft_model_state_dict, set_peft_model_state_dict
+
+            cfg = self.peft.peft_config[key]
+            from peft import get_peft_model
+
+            pm = get_peft_model(model, cfg, adapter_name=key)
+            set_peft_model_state_dict(pm, get_peft_model_state_dict(self.peft, adapter_name=key), adapter_name=key)
+            model = pm.merge_and_unload()
+        model.eval()
+        self._merged_cache = (key, model)
+        return model
+
+
+def _null():
+    import contextlib
+
+    return contextlib.nullcontext(None)
 
 
 def _name(item) -> str:

@@ -206,7 +206,6 @@ def train(recipe: Recipe, registry: Registry, resume: bool = False, progress: bo
         resume: continue from the last checkpoint in the run folder (after a crash or a kill).
         base: an already loaded base to train on (tests); by default it is loaded from the recipe.
     """
-    import torch
     from peft import get_peft_model, prepare_model_for_kbit_training
     from transformers import Trainer, TrainingArguments, set_seed
 

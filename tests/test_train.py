@@ -8,10 +8,9 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 from click.testing import CliRunner
-
 from conftest import TINY_HUB_ID
+
 from lora_whisper.cli import main
 from lora_whisper.registry import Registry
 
