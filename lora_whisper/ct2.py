@@ -226,7 +226,6 @@ def import_ct2(
 
     processor = build_processor(src / "tokenizer.json", cfg_values["num_mel_bins"])
     gen = build_generation_config(processor.tokenizer, ct2_cfg, cfg_values["max_target_positions"])
-    ids = processor.tokenizer.get_vocab()
     config = WhisperConfig(
         **cfg_values,
         pad_token_id=gen.pad_token_id,

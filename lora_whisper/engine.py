@@ -29,8 +29,8 @@ class TranscribeOptions:
     """Restrict detection to these candidates (plus the registry's languages when routing to adapters)."""
     adapter: str = "auto"
     """``auto``, ``none`` or an adapter reference."""
-    domain: str | None = None
-    """Preferred domain for adapter routing."""
+    domain: str | list[str] | None = None
+    """Preferred domain(s) for adapter routing, tried in order."""
     threshold: float = 0.5
     """Minimum language probability to use a language's adapter."""
     per_segment: bool = False
@@ -51,6 +51,9 @@ class TranscribeOptions:
     ties) into one derived adapter, cached."""
     combine_weights: tuple[float, float] = (1.0, 1.0)
     """Weights of (language adapter, domain adapter) in the combination."""
+    consult_below: float = 0.8
+    """When the base's top language probability is below this, ask the candidate adapters: one trained with its
+    language token in the labels recognises its own acoustic domain (synthetic voices fool the base). 0 disables."""
     batching: str = "grouped"
     """'grouped': one generate per adapter (set_adapter between groups); 'mixed': rows of different adapters in one
     generate call (peft adapter_names=)."""
@@ -199,13 +202,26 @@ class Engine:
         recs = [self.registry.get(r) if r not in self.pinned else self.pinned[r] for r in refs]
         keys = [self.load_adapter(r) for r in recs]
         kwargs = {"density": 0.5} if options.combine in ("ties", "dare_linear", "dare_ties") else {}
-        self.peft.add_weighted_adapter(keys, list(options.combine_weights)[: len(keys)], adapter_name=key,
-                                       combination_type=options.combine, **kwargs)
+        self.peft.add_weighted_adapter(
+            keys,
+            list(options.combine_weights)[: len(keys)],
+            adapter_name=key,
+            combination_type=options.combine,
+            **kwargs,
+        )
         first = recs[-1]
-        derived = AdapterRecord(name="+".join(r.name for r in recs), version=0, language=first.language,
-                                base=first.base, domain=first.domain,
-                                lora={"scope": "decoder" if all(r.decoder_only for r in recs) else "encoder+decoder",
-                                      "combination": options.combine, "of": refs})
+        derived = AdapterRecord(
+            name="+".join(r.name for r in recs),
+            version=0,
+            language=first.language,
+            base=first.base,
+            domain=first.domain,
+            lora={
+                "scope": "decoder" if all(r.decoder_only for r in recs) else "encoder+decoder",
+                "combination": options.combine,
+                "of": refs,
+            },
+        )
         self.resident[key] = derived
         return derived
 
@@ -254,7 +270,9 @@ class Engine:
         with torch.inference_mode(), self.peft._enable_peft_forward_hooks(adapter_names=adapter_names):
             return self.base.model.model.encoder(features).last_hidden_state
 
-    def language_probs(self, encoded, candidates: list[str] | None = None) -> list[dict[str, float]]:
+    def language_probs(
+        self, encoded, candidates: list[str] | None = None, adapter: str | None = None
+    ) -> list[dict[str, float]]:
         """Language probabilities from one decoder step on encoder output.
 
         Written by hand because transformers' ``detect_language`` returns only the argmax token, and Whisper's own
@@ -269,7 +287,7 @@ class Engine:
         names = [c for c in (candidates or langs) if c in langs] or list(langs)
         ids = torch.tensor([langs[c] for c in names], device=encoded.device)
         start = torch.full((len(encoded), 1), self.sot, device=encoded.device)
-        with torch.inference_mode(), self._set(None):
+        with torch.inference_mode(), self._set(adapter):
             logits = self.base.model(encoder_outputs=(encoded,), decoder_input_ids=start).logits[:, -1]
         probs = logits.float()[:, ids].softmax(-1).cpu().numpy()
         return [dict(sorted(zip(names, map(float, row)), key=lambda kv: -kv[1])) for row in probs]
@@ -386,7 +404,12 @@ class Engine:
         file_probs = {i: _mean_probs([probs[j] for j, (fi, _) in enumerate(chunks) if fi == i]) for i in audios}
         routes: list[Route] = []
         warnings: dict[int, list[str]] = {i: [] for i in audios}
+        adapter_enc: dict = {}
+        consulted = self._consult(chunks, feats, base_enc, probs, file_probs, records, options, adapter_enc)
         for j, (i, _) in enumerate(chunks):
+            if (j if options.per_segment else i) in consulted:
+                routes.append(consulted[j if options.per_segment else i])
+                continue
             r = route(probs[j] if options.per_segment else file_probs[i] or None, records, request)
             if r.adapter is not None:
                 rec, warn = self.resolve(r.adapter)
@@ -395,16 +418,21 @@ class Engine:
                     r = Route(r.language, r.probability, None, warn)
                 else:
                     r.adapter = rec.ref
-                    lang_rec = self.registry.find(r.language) if (self.registry and options.combine and rec.domain) else None
+                    lang_rec = (
+                        self.registry.find(r.language) if (self.registry and options.combine and rec.domain) else None
+                    )
                     if lang_rec is not None and lang_rec.ref != rec.ref and options.adapter == "auto":
                         try:
                             self.combined([lang_rec.ref, rec.ref], options)
-                            r.adapter, r.reason = f"{lang_rec.ref}+{rec.ref}", r.reason + f" + {lang_rec.ref} ({options.combine})"
+                            r.adapter, r.reason = (
+                                f"{lang_rec.ref}+{rec.ref}",
+                                r.reason + f" + {lang_rec.ref} ({options.combine})",
+                            )
                         except Exception as e:  # noqa: BLE001 - e.g. linear needs equal ranks: say so, keep the domain adapter
                             warnings[i].append(f"cannot combine {lang_rec.ref} and {rec.ref}: {str(e).splitlines()[0]}")
             routes.append(r)
 
-        texts, merged = self._generate_routes(chunks, feats, base_enc, routes, options)
+        texts, merged = self._generate_routes(chunks, feats, base_enc, routes, options, adapter_enc)
 
         results: list[Transcription | FileError] = []
         for i, path in enumerate(group):
@@ -429,7 +457,11 @@ class Engine:
             for s in segs:
                 lang_counts[s.language] = lang_counts.get(s.language, 0) + (s.end - s.start)
             language = max(lang_counts, key=lang_counts.get) if options.per_segment else first.language
-            prob = file_probs[i].get(language) if file_probs[i] else None
+            prob = (
+                first.probability
+                if not options.per_segment
+                else (file_probs[i].get(language) if file_probs[i] else None)
+            )
             adapters = {s.adapter for s in segs}
             results.append(
                 Transcription(
@@ -448,7 +480,6 @@ class Engine:
             )
         return results
 
-
     # ---- generation strategies -----------------------------------------------------------------------------------
     def _key_for(self, ref: str | None, options: TranscribeOptions) -> str | None:
         if ref is None:
@@ -457,7 +488,62 @@ class Engine:
             return adapter_key(ref) + f"-{options.combine}"
         return adapter_key(ref)
 
-    def _generate_routes(self, chunks, feats, base_enc, routes, options: TranscribeOptions):
+    def _consult(self, chunks, feats, base_enc, probs, file_probs, records, options, adapter_enc) -> dict[int, Route]:
+        """Adapter-consulted detection for files (or chunks) the base is unsure about.
+
+        Each candidate adapter (the requested domain's, else the language adapters) scores its own language on the
+        audio; the best one at 0.5 or more wins. Its encoder output is kept for transcription (no second pass).
+        """
+        import torch
+
+        if options.adapter != "auto" or options.language or not records or options.consult_below <= 0:
+            return {}
+        domains = [options.domain] if isinstance(options.domain, str) else list(options.domain or [])
+        cands = [r for r in records if r.active and ((r.domain in domains) if domains else not r.domain)]
+        if options.languages:
+            cands = [r for r in cands if r.language in options.languages]
+        units = {}  # unit (file or chunk) -> chunk indices
+        for j, (i, _) in enumerate(chunks):
+            u = j if options.per_segment else i
+            top = probs[j] if options.per_segment else file_probs[i]
+            if top and max(top.values()) < options.consult_below:
+                units.setdefault(u, []).append(j)
+        if not units or not cands:
+            return {}
+        js = sorted(j for v in units.values() for j in v)
+        best: dict[int, tuple[float, AdapterRecord]] = {}
+        for rec in cands:
+            got, _warn = self.resolve(rec.ref)
+            if got is None:
+                continue
+            key = adapter_key(rec.ref)
+            own = {}
+            for idx in _batches(js, options.batch_size):
+                if rec.decoder_only:
+                    enc = torch.cat([base_enc[j] for j in idx])
+                else:
+                    enc = self.encode(torch.cat([feats[j] for j in idx]), key)
+                    for k, j in enumerate(idx):
+                        adapter_enc[(j, key)] = enc[k : k + 1]
+                for j, p in zip(idx, self.language_probs(enc, None, key)):
+                    own[j] = p.get(rec.language, 0.0)
+            for u, members in units.items():
+                score = sum(own[j] for j in members) / len(members)
+                if score >= 0.5 and score > best.get(u, (0.0, None))[0]:
+                    best[u] = (score, rec)
+        out = {}
+        for u, (score, rec) in best.items():
+            base_top = probs[u] if options.per_segment else file_probs[u]
+            lang0 = max(base_top, key=base_top.get)
+            out[u] = Route(
+                rec.language,
+                score,
+                rec.ref,
+                f"base unsure ({lang0} {base_top[lang0]:.2f}); adapter {rec.ref} recognises {rec.language} ({score:.2f})",
+            )
+        return out
+
+    def _generate_routes(self, chunks, feats, base_enc, routes, options: TranscribeOptions, adapter_enc=None):
         """Texts (and merged flags) for every chunk, grouped by adapter or in mixed batches."""
         import torch
 
@@ -471,8 +557,9 @@ class Engine:
                     enc = self.encode_rows(torch.cat([feats[j] for j in idx]), enc_names)
                 else:
                     enc = torch.cat([base_enc[j] for j in idx])
-                out = self.generate(enc, [routes[j].language for j in idx], None, options,
-                                    adapter_names=[k or "__base__" for k in keys])
+                out = self.generate(
+                    enc, [routes[j].language for j in idx], None, options, adapter_names=[k or "__base__" for k in keys]
+                )
                 for j, t in zip(idx, out):
                     texts[j] = t
             return texts, merged
@@ -487,6 +574,8 @@ class Engine:
                         enc = self.encode(torch.cat([feats[j] for j in idx]), model=model)
                     elif rec is None or rec.decoder_only:
                         enc = torch.cat([base_enc[j] for j in idx])  # the encoder is unchanged: reuse its pass
+                    elif adapter_enc and all((j, key) in adapter_enc for j in idx):
+                        enc = torch.cat([adapter_enc[(j, key)] for j in idx])  # computed while consulting
                     else:
                         enc = self.encode(torch.cat([feats[j] for j in idx]), key)
                     out = self.generate(enc, [routes[j].language for j in idx], key, options, model=model)

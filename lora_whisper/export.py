@@ -10,8 +10,14 @@ from .registry import Registry, RegistryError, check_base
 logger = logging.getLogger("lora_whisper")
 
 
-def export_merged(registry: Registry, ref: str, out: str | Path, base: str = "offline", ct2: bool = False,
-                  ct2_quantization: str = "int8") -> list[Path]:
+def export_merged(
+    registry: Registry,
+    ref: str,
+    out: str | Path,
+    base: str = "offline",
+    ct2: bool = False,
+    ct2_quantization: str = "int8",
+) -> list[Path]:
     """Merge adapter ``ref`` into a float32 copy of its base and save it (plus a CTranslate2 copy with ``ct2``).
 
     Merging happens in float32 (never into 8-bit weights, which loses accuracy). faster-whisper has no adapter

@@ -16,8 +16,8 @@ class RouteRequest:
 
     adapter: str = "auto"
     """``auto`` (route by language/domain), ``none`` (base only) or an adapter reference (``fr-medical@2``)."""
-    domain: str | None = None
-    """Prefer the (language, domain) adapter when it exists."""
+    domain: str | list[str] | None = None
+    """Prefer the (language, domain) adapter when it exists; a list is tried in order (medical,legal)."""
     language: str | None = None
     """Forced language; skips detection."""
     threshold: float = 0.5
@@ -75,13 +75,14 @@ def route(probs: dict[str, float] | None, records: list[AdapterRecord], request:
     if p is not None and p < request.threshold:
         return Route(language, p, None, f"language probability {p:.2f} below threshold {request.threshold}")
     active = [r for r in records if r.active]
-    if request.domain:
+    domains = [request.domain] if isinstance(request.domain, str) else list(request.domain or [])
+    for domain in domains:
         for r in active:
-            if r.language == language and r.domain == request.domain:
-                return Route(language, p, r.ref, f"adapter for ({language}, {request.domain})")
+            if r.language == language and r.domain == domain:
+                return Route(language, p, r.ref, f"adapter for ({language}, {domain})")
     for r in active:
         if r.language == language and not r.domain:
-            why = f"language adapter for {language}" + (f" (no {request.domain} adapter)" if request.domain else "")
+            why = f"language adapter for {language}" + (f" (no {'/'.join(domains)} adapter)" if domains else "")
             return Route(language, p, r.ref, why)
-    what = f"({language}, {request.domain})" if request.domain else language
+    what = f"({language}, {'/'.join(domains)})" if domains else language
     return Route(language, p, None, f"no adapter for {what}: base")

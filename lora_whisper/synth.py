@@ -48,14 +48,14 @@ class Voice:
         return f"{self.name}-s{self.speed}-p{self.pitch}"
 
 
-def voices_for(language: str, variants: tuple[str, ...], speeds: tuple[int, int], pitches: tuple[int, int],
-               n: int, seed: int) -> list[Voice]:
+def voices_for(
+    language: str, variants: tuple[str, ...], speeds: tuple[int, int], pitches: tuple[int, int], n: int, seed: int
+) -> list[Voice]:
     """``n`` voices drawn (seeded) from the variants and the speed/pitch ranges."""
     rng = random.Random(seed)
     base = ESPEAK_VOICE.get(language, language)
     return [
-        Voice(f"{base}+{variants[i % len(variants)]}", rng.randint(*speeds), rng.randint(*pitches))
-        for i in range(n)
+        Voice(f"{base}+{variants[i % len(variants)]}", rng.randint(*speeds), rng.randint(*pitches)) for i in range(n)
     ]
 
 
@@ -64,7 +64,9 @@ def _speak_cli(text: str, voice: Voice) -> np.ndarray:
     with tempfile.NamedTemporaryFile(suffix=".wav") as f:
         proc = subprocess.run(
             ["espeak-ng", "-v", voice.name, "-s", str(voice.speed), "-p", str(voice.pitch), "-w", f.name, text],
-            capture_output=True, text=True, timeout=60,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         if proc.returncode != 0:
             raise SynthError(f"espeak-ng -v {voice.name}: {proc.stderr.strip() or proc.returncode}")
@@ -136,9 +138,7 @@ def speak(text: str, voice: Voice, engine: str | None = None) -> np.ndarray:
     try:
         return _Library.get().speak(text, voice)
     except (ImportError, OSError) as e:
-        raise SynthError(
-            "espeak-ng not found: apt-get install espeak-ng, or pip install espeakng-loader"
-        ) from e
+        raise SynthError("espeak-ng not found: apt-get install espeak-ng, or pip install espeakng-loader") from e
 
 
 def add_noise(audio: np.ndarray, snr_db: float, rng: np.random.Generator) -> np.ndarray:

@@ -57,16 +57,26 @@ def load_data(recipe: Recipe, progress=None) -> tuple[Loaded, Loaded]:
         tv = voices_for(lang, TRAIN_VARIANTS, d.speed, d.pitch, d.train_voices, seed)
         ev = voices_for(lang, TEST_VARIANTS, d.speed, d.pitch, d.test_voices, seed + 1)
         cache = cache_dir() / "tts" / lang
-        train = synthesize(train_text, lang, tv, cache, d.noise_snr_db, seed, prefix=f"{d.corpus}:train", progress=progress)
-        test = synthesize(test_text, lang, ev, cache, d.noise_snr_db, seed + 1, prefix=f"{d.corpus}:test", progress=progress)
+        train = synthesize(
+            train_text, lang, tv, cache, d.noise_snr_db, seed, prefix=f"{d.corpus}:train", progress=progress
+        )
+        test = synthesize(
+            test_text, lang, ev, cache, d.noise_snr_db, seed + 1, prefix=f"{d.corpus}:test", progress=progress
+        )
         return Loaded(train), Loaded(test)
     if d.source == "manifest":
-        return (load_manifest(d.train, d.audio_column, d.text_column, language=lang),
-                load_manifest(d.test, d.audio_column, d.text_column, language=lang))
+        return (
+            load_manifest(d.train, d.audio_column, d.text_column, language=lang),
+            load_manifest(d.test, d.audio_column, d.text_column, language=lang),
+        )
     if d.source == "folder":
-        return load_folder(d.train, language=lang, text_column=d.text_column), load_folder(d.test, language=lang, text_column=d.text_column)
-    return (load_hub(d.dataset, d.config, d.train_split, d.audio_column, d.text_column, lang, d.max_train),
-            load_hub(d.dataset, d.config, d.test_split, d.audio_column, d.text_column, lang, d.max_test))
+        return load_folder(d.train, language=lang, text_column=d.text_column), load_folder(
+            d.test, language=lang, text_column=d.text_column
+        )
+    return (
+        load_hub(d.dataset, d.config, d.train_split, d.audio_column, d.text_column, lang, d.max_train),
+        load_hub(d.dataset, d.config, d.test_split, d.audio_column, d.text_column, lang, d.max_test),
+    )
 
 
 def _cap(loaded: Loaded, n: int | None) -> Loaded:
@@ -113,7 +123,9 @@ def _encoder_cache(base: Base, examples: list[Example], data_fp: str, batch_size
         chunk = examples[k : k + batch_size]
         feats = fe([e.audio for e in chunk], sampling_rate=16000, return_tensors="pt").input_features
         with torch.inference_mode():
-            outs.append(base.model.model.encoder(feats.to(base.device, dtype)).last_hidden_state.to("cpu", torch.float16))
+            outs.append(
+                base.model.model.encoder(feats.to(base.device, dtype)).last_hidden_state.to("cpu", torch.float16)
+            )
         if progress:
             progress(len(chunk))
     hidden = torch.cat(outs)
@@ -164,8 +176,12 @@ def evaluate_adapter(base: Base, examples: list[Example], recipe: Recipe, adapte
     engine = Engine(base)
     if adapter is not None:
         engine.pin(adapter)
-    opts = TranscribeOptions(language=recipe.language, adapter=adapter.ref if adapter else "none",
-                             batch_size=recipe.eval.batch_size, max_new_tokens=_max_new_tokens(recipe, base, examples))
+    opts = TranscribeOptions(
+        language=recipe.language,
+        adapter=adapter.ref if adapter else "none",
+        batch_size=recipe.eval.batch_size,
+        max_new_tokens=_max_new_tokens(recipe, base, examples),
+    )
     return evaluate(engine, examples, opts).overall
 
 
@@ -199,7 +215,9 @@ def _plot(log_history: list[dict], before: Score | None, after: Score | None, ou
 
 
 # ---- training --------------------------------------------------------------------------------------------------
-def train(recipe: Recipe, registry: Registry, resume: bool = False, progress: bool = True, base: Base | None = None) -> TrainResult:
+def train(
+    recipe: Recipe, registry: Registry, resume: bool = False, progress: bool = True, base: Base | None = None
+) -> TrainResult:
     """Train a LoRA adapter as the recipe says, evaluate before/after, and file it in ``registry``.
 
     Args:
@@ -230,8 +248,10 @@ def train(recipe: Recipe, registry: Registry, resume: bool = False, progress: bo
     if bar:
         bar.close()
     if not train_set.examples or not test_set.examples:
-        raise ValueError(f"no usable {'training' if not train_set.examples else 'held-out'} rows "
-                         f"({len(train_set.rejected) + len(test_set.rejected)} rejected)")
+        raise ValueError(
+            f"no usable {'training' if not train_set.examples else 'held-out'} rows "
+            f"({len(train_set.rejected) + len(test_set.rejected)} rejected)"
+        )
     data_fp = fingerprint(train_set.examples + test_set.examples)
     logger.info("data: %d train / %d held-out clips (%s)", len(train_set.examples), len(test_set.examples), data_fp)
 
@@ -244,14 +264,21 @@ def train(recipe: Recipe, registry: Registry, resume: bool = False, progress: bo
     encoder_hidden = None
     if recipe.lora.scope == "decoder":
         bar = _bar(progress, "encoder cache", len(train_set.examples))
-        encoder_hidden = _encoder_cache(base, train_set.examples, data_fp, recipe.eval.batch_size, bar.update if bar else None)
+        encoder_hidden = _encoder_cache(
+            base, train_set.examples, data_fp, recipe.eval.batch_size, bar.update if bar else None
+        )
         if bar:
             bar.close()
     model = base.model
     if base.quantize == "int8":
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=recipe.train.gradient_checkpointing,
-                                                gradient_checkpointing_kwargs={"use_reentrant": False})
-    lc = lora_config(recipe.lora.scope, recipe.lora.r, recipe.lora.alpha, recipe.lora.dropout, tuple(recipe.lora.target_modules))
+        model = prepare_model_for_kbit_training(
+            model,
+            use_gradient_checkpointing=recipe.train.gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False},
+        )
+    lc = lora_config(
+        recipe.lora.scope, recipe.lora.r, recipe.lora.alpha, recipe.lora.dropout, tuple(recipe.lora.target_modules)
+    )
     peft_model = get_peft_model(model, lc)
     trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
     logger.info("LoRA %s r=%d: %d trainable parameters", recipe.lora.scope, recipe.lora.r, trainable)
@@ -299,7 +326,9 @@ def train(recipe: Recipe, registry: Registry, resume: bool = False, progress: bo
     out = trainer.train(resume_from_checkpoint=str(last) if last else None)
     seconds = time.perf_counter() - t0 + previous
     if _rank() != 0:
-        return TrainResult(None, before, None, seconds, out.global_step, run_dir, train_set.rejected + test_set.rejected)
+        return TrainResult(
+            None, before, None, seconds, out.global_step, run_dir, train_set.rejected + test_set.rejected
+        )
 
     # save with safetensors, evaluate through the same path as `eval`, file in the registry
     adapter_dir = run_dir / "adapter"
@@ -311,10 +340,23 @@ def train(recipe: Recipe, registry: Registry, resume: bool = False, progress: bo
     fresh = load_base(str(base.path), base.quantize, base.device)
     fresh.identity = base.identity
     record = AdapterRecord(
-        name=recipe.name, version=0, language=recipe.language, domain=recipe.domain, base=base.identity.to_dict(),
-        lora={"r": recipe.lora.r, "alpha": recipe.lora.alpha, "dropout": recipe.lora.dropout,
-              "target_modules": list(recipe.lora.target_modules), "scope": recipe.lora.scope, "trainable_params": trainable},
-        recipe=recipe.to_dict(), data_fingerprint=data_fp, train_seconds=round(seconds, 1), source="train",
+        name=recipe.name,
+        version=0,
+        language=recipe.language,
+        domain=recipe.domain,
+        base=base.identity.to_dict(),
+        lora={
+            "r": recipe.lora.r,
+            "alpha": recipe.lora.alpha,
+            "dropout": recipe.lora.dropout,
+            "target_modules": list(recipe.lora.target_modules),
+            "scope": recipe.lora.scope,
+            "trainable_params": trainable,
+        },
+        recipe=recipe.to_dict(),
+        data_fingerprint=data_fp,
+        train_seconds=round(seconds, 1),
+        source="train",
         path=adapter_dir,
     )
     after = evaluate_adapter(fresh, test_set.examples, recipe, record)
@@ -329,8 +371,14 @@ def train(recipe: Recipe, registry: Registry, resume: bool = False, progress: bo
     }
     plot = _plot(log_history, before, after, run_dir / "training.png", recipe.name)
     record.path = None
-    filed = registry.add(adapter_dir, record, extra_files={"recipe.yaml": f"# lora-whisper train --recipe recipe.yaml\n{recipe.to_yaml()}",
-                                                            "training.png": plot.read_bytes()})
+    filed = registry.add(
+        adapter_dir,
+        record,
+        extra_files={
+            "recipe.yaml": f"# lora-whisper train --recipe recipe.yaml\n{recipe.to_yaml()}",
+            "training.png": plot.read_bytes(),
+        },
+    )
     return TrainResult(filed, before, after, seconds, out.global_step, run_dir, train_set.rejected + test_set.rejected)
 
 
@@ -389,4 +437,3 @@ def _bar(progress: bool, desc: str, total: int | None = None):
     from tqdm import tqdm
 
     return tqdm(total=total, desc=desc, unit="clip")
-
