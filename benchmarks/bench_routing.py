@@ -79,22 +79,33 @@ def main() -> None:
             idx = [i for i, x in enumerate(refs) if x[0] == lang]
             wer[lang] = score([refs[i][2] for i in idx], [res[i].text for i in idx], lang).wer
         name = "base detection only" if consult == 0 else f"adapter-consulted (base p < {consult})"
-        print(f"routing, {name:<36} language right {right_lang}/{len(res)}, adapter right {right_ad}/{len(res)}, "
-              f"WER {json.dumps({k: round(v, 3) for k, v in wer.items()})}")
+        print(
+            f"routing, {name:<36} language right {right_lang}/{len(res)}, adapter right {right_ad}/{len(res)}, "
+            f"WER {json.dumps({k: round(v, 3) for k, v in wer.items()})}"
+        )
 
     # 2. mixed batch over the adapters vs one clip at a time (same routes: the language forced per adapter)
     forced = [(lang, ref) for lang, ref, _ in refs]
+
     def one_at_a_time():
         for f, (lang, ref) in zip(clips, forced):
-            list(engine.transcribe([f], TranscribeOptions(language=lang, adapter=ref, batch_size=1,
-                                                          max_new_tokens=opts["max_new_tokens"])))
+            list(
+                engine.transcribe(
+                    [f],
+                    TranscribeOptions(language=lang, adapter=ref, batch_size=1, max_new_tokens=opts["max_new_tokens"]),
+                )
+            )
+
     def batched(batching):
         list(engine.transcribe(clips, TranscribeOptions(batch_size=len(clips), batching=batching, **opts)))
+
     t1 = best_of(one_at_a_time, args.reps)
     tg = best_of(lambda: batched("grouped"), args.reps)
     tm = best_of(lambda: batched("mixed"), args.reps)
-    print(f"{len(clips)} clips over {len(recs)} adapters: one at a time {t1:.1f} s; one call grouped {tg:.1f} s "
-          f"({t1 / tg:.2f}x throughput); mixed adapter_names {tm:.1f} s ({t1 / tm:.2f}x)")
+    print(
+        f"{len(clips)} clips over {len(recs)} adapters: one at a time {t1:.1f} s; one call grouped {tg:.1f} s "
+        f"({t1 / tg:.2f}x throughput); mixed adapter_names {tm:.1f} s ({t1 / tm:.2f}x)"
+    )
 
     # 3. swap and load latency
     keys = [engine.load_adapter(r) for r in recs]
@@ -114,31 +125,47 @@ def main() -> None:
             t = time.perf_counter()
             engine.load_adapter(r)
             loads.append(time.perf_counter() - t)
-    print(f"hot swap (set_adapter): {swap_ms:.2f} ms; cold load from the registry (checks + peft load): "
-          f"{1000 * sum(loads) / max(len(loads), 1):.0f} ms mean of {len(loads)}")
+    print(
+        f"hot swap (set_adapter): {swap_ms:.2f} ms; cold load from the registry (checks + peft load): "
+        f"{1000 * sum(loads) / max(len(loads), 1):.0f} ms mean of {len(loads)}"
+    )
 
     # 4. real clips: routed (auto language, adapters present) vs faster-whisper int8 with detection
     fw = WhisperModel(str(offline_ct2_path()), device="cpu", compute_type="int8", cpu_threads=args.threads)
     audios = [decode_audio(str(f)) for f in real_files]
+
     def run_fw(fixed):
         for a, r in zip(audios, real):
-            segs, _ = fw.transcribe(a, language=r["lang"] if fixed else None, beam_size=1, without_timestamps=True,
-                                    condition_on_previous_text=False, temperature=0.0)
+            segs, _ = fw.transcribe(
+                a,
+                language=r["lang"] if fixed else None,
+                beam_size=1,
+                without_timestamps=True,
+                condition_on_previous_text=False,
+                temperature=0.0,
+            )
             list(segs)
+
     fw_fixed = best_of(lambda: run_fw(True), args.reps)
     fw_auto = best_of(lambda: run_fw(False), args.reps)
     routed_auto = best_of(lambda: list(engine.transcribe(real_files, TranscribeOptions(batch_size=8))), args.reps)
     by_lang = {}
     for f, r in zip(real_files, real):
         by_lang.setdefault(r["lang"], []).append(f)
-    routed_fixed = best_of(lambda: [list(engine.transcribe(fs, TranscribeOptions(language=lang, batch_size=8)))
-                                    for lang, fs in by_lang.items()], args.reps)
+    routed_fixed = best_of(
+        lambda: [
+            list(engine.transcribe(fs, TranscribeOptions(language=lang, batch_size=8))) for lang, fs in by_lang.items()
+        ],
+        args.reps,
+    )
     res_routed = list(engine.transcribe(real_files, TranscribeOptions(batch_size=8)))
     res_base = list(engine.transcribe(real_files, TranscribeOptions(batch_size=8, adapter="none")))
     same = sum(a.text == b.text for a, b in zip(res_routed, res_base))
-    print(f"real clips ({len(real_files)}): routed auto {routed_auto:.1f} s = {routed_auto / fw_auto:.2f}x faster-whisper "
-          f"int8 auto ({fw_auto:.1f} s); detection overhead {routed_auto / routed_fixed - 1:+.1%} vs language given; "
-          f"routed == base transcript on {same}/{len(real_files)}")
+    print(
+        f"real clips ({len(real_files)}): routed auto {routed_auto:.1f} s = {routed_auto / fw_auto:.2f}x faster-whisper "
+        f"int8 auto ({fw_auto:.1f} s; language given {fw_fixed:.1f} s); detection overhead {routed_auto / routed_fixed - 1:+.1%} vs language given; "
+        f"routed == base transcript on {same}/{len(real_files)}"
+    )
 
     # 5. merge: 8-bit unmerged vs merged into a float32 copy, on the first adapter's clips
     idx = [i for i, x in enumerate(refs) if x[1] == recs[0].ref]
@@ -151,8 +178,21 @@ def main() -> None:
     agree = sum(a.text == b.text for a, b in zip(un, me))
     w_un = score([refs[i][2] for i in idx], [r.text for r in un], o["language"]).wer
     w_me = score([refs[i][2] for i in idx], [r.text for r in me], o["language"]).wer
-    print(f"merge ({recs[0].ref}, {len(sel)} clips): 8-bit unmerged {t_un:.1f} s WER {w_un:.3f}; merged into float32 "
-          f"copy {t_me:.1f} s WER {w_me:.3f}; identical text on {agree}/{len(sel)}")
+    print(
+        f"merge ({recs[0].ref}, {len(sel)} clips): 8-bit unmerged {t_un:.1f} s WER {w_un:.3f}; merged into float32 "
+        f"copy {t_me:.1f} s WER {w_me:.3f}; identical text on {agree}/{len(sel)}"
+    )
+    engine = None  # free the 8-bit engine before loading a float32 base
+    fp32 = Engine(load_base("offline", "none"), reg)
+    t_un32 = best_of(lambda: list(fp32.transcribe(sel, TranscribeOptions(**o))), args.reps)
+    t_me32 = best_of(lambda: list(fp32.transcribe(sel, TranscribeOptions(merge=True, **o))), args.reps)
+    un32 = list(fp32.transcribe(sel, TranscribeOptions(**o)))
+    me32 = list(fp32.transcribe(sel, TranscribeOptions(merge=True, **o)))
+    agree32 = sum(a.text == b.text for a, b in zip(un32, me32))
+    print(
+        f"merge on a float32 base: unmerged {t_un32:.1f} s, merged in place {t_me32:.1f} s; identical text on "
+        f"{agree32}/{len(sel)}"
+    )
 
 
 if __name__ == "__main__":

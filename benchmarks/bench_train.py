@@ -56,15 +56,20 @@ def one(config: str, steps: int, threads: int) -> dict:
         model.train()
     else:
         if quantize == "int8":
-            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.endswith("-gc"),
-                                                    gradient_checkpointing_kwargs={"use_reentrant": False})
+            model = prepare_model_for_kbit_training(
+                model,
+                use_gradient_checkpointing=config.endswith("-gc"),
+                gradient_checkpointing_kwargs={"use_reentrant": False},
+            )
         scope = "decoder" if config.startswith("dec") else "encoder+decoder"
         model = get_peft_model(model, lora_config(scope, 32, 64, 0.05))
         if config.endswith("-gc"):
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.train()
     ds = _dataset(base, examples, "fr", hidden)
-    batch = _Collator(base.processor.tokenizer.convert_tokens_to_ids("<|startoftranscript|>"))([ds[i] for i in range(len(ds))])
+    batch = _Collator(base.processor.tokenizer.convert_tokens_to_ids("<|startoftranscript|>"))(
+        [ds[i] for i in range(len(ds))]
+    )
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-5)
     times = []
@@ -75,9 +80,15 @@ def one(config: str, steps: int, threads: int) -> dict:
         opt.step()
         opt.zero_grad(set_to_none=True)
         times.append(time.perf_counter() - t)
-    return {"config": config, "step_s": sum(times[1:]) / steps, "first_step_s": times[0],
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "trainable": sum(p.numel() for p in params), "cache_s_per_clip": cache_s, "loss": float(loss)}
+    return {
+        "config": config,
+        "step_s": sum(times[1:]) / steps,
+        "first_step_s": times[0],
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "trainable": sum(p.numel() for p in params),
+        "cache_s_per_clip": cache_s,
+        "loss": float(loss),
+    }
 
 
 def main() -> None:
@@ -92,8 +103,11 @@ def main() -> None:
         return
     res = []
     for c in args.configs.split(","):
-        out = subprocess.run([sys.executable, __file__, "--one", c, "--steps", str(args.steps), "--threads",
-                              str(args.threads)], capture_output=True, text=True)
+        out = subprocess.run(
+            [sys.executable, __file__, "--one", c, "--steps", str(args.steps), "--threads", str(args.threads)],
+            capture_output=True,
+            text=True,
+        )
         if out.returncode != 0:
             print(f"{c}: failed\n{out.stderr[-1500:]}", file=sys.stderr)
             continue
@@ -103,8 +117,10 @@ def main() -> None:
     print(f"batch 8 x 30 s windows, {args.steps} timed steps after one warm-up, {args.threads} threads")
     print(f"{'config':<18}{'trainable':>12}{'s/step':>9}{'x full-ft':>11}{'peak RSS MB':>13}{'x full-ft':>11}")
     for r in res:
-        print(f"{r['config']:<18}{r['trainable']:>12,}{r['step_s']:>9.2f}{r['step_s'] / ref['step_s']:>11.2f}"
-              f"{r['peak_rss_mb']:>13.0f}{r['peak_rss_mb'] / ref['peak_rss_mb']:>11.2f}")
+        print(
+            f"{r['config']:<18}{r['trainable']:>12,}{r['step_s']:>9.2f}{r['step_s'] / ref['step_s']:>11.2f}"
+            f"{r['peak_rss_mb']:>13.0f}{r['peak_rss_mb'] / ref['peak_rss_mb']:>11.2f}"
+        )
     for r in res:
         if r["cache_s_per_clip"]:
             print(f"{r['config']}: encoder cache {r['cache_s_per_clip']:.2f} s per clip, once")

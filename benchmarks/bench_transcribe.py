@@ -52,17 +52,24 @@ def main() -> None:
 
     def run_fw(fixed: bool):
         for a, lang in zip(audios, langs):
-            segs, _ = fw.transcribe(a, language=lang if fixed else None, beam_size=1, without_timestamps=True,
-                                    condition_on_previous_text=False, temperature=0.0)
+            segs, _ = fw.transcribe(
+                a,
+                language=lang if fixed else None,
+                beam_size=1,
+                without_timestamps=True,
+                condition_on_previous_text=False,
+                temperature=0.0,
+            )
             list(segs)
 
     results["faster-whisper int8, fixed"] = timed(lambda: run_fw(True))
     results["faster-whisper int8, auto"] = timed(lambda: run_fw(False))
-    del fw
+    fw = None
 
     for quantize in ("none", "int8"):
         engine = Engine(load_base("offline", quantize=quantize, device="cpu"))
         for bs in (1, 8):
+
             def run(fixed: bool, engine=engine, bs=bs):
                 if fixed:
                     for lang in sorted(set(langs)):

@@ -34,6 +34,31 @@ def cache_dir() -> Path:
     return Path(root) / "lora_whisper"
 
 
+def cache_get(file: str, key: str):
+    """A value remembered in a small JSON file of the cache dir (None when absent or unreadable)."""
+    try:
+        return json.loads((cache_dir() / file).read_text()).get(key)
+    except (OSError, ValueError):
+        return None
+
+
+def cache_put(file: str, key: str, value) -> None:
+    """Remember ``value`` (atomic rewrite; a failure to write only loses the cache)."""
+    path = cache_dir() / file
+    try:
+        known = json.loads(path.read_text())
+    except (OSError, ValueError):
+        known = {}
+    known[key] = value
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(known, indent=1))
+        os.replace(tmp, path)
+    except OSError:
+        pass
+
+
 def quiet_libraries() -> None:
     """Silence known, harmless noise from bitsandbytes and transformers (see FACTS.md)."""
     for name in ("bitsandbytes", "bitsandbytes.cextension", "transformers.generation", "transformers.modeling_utils"):
@@ -42,6 +67,7 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=".*gemm_4bit_forward.*")
     warnings.filterwarnings("ignore", message=".*generation_config.*deprecated.*")
     warnings.filterwarnings("ignore", message=".*attention mask.*")
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|peft|torch)\.")
     try:
         from transformers.utils import logging as hf_logging
 
@@ -136,13 +162,8 @@ def weights_fingerprint(folder: str | Path) -> str:
     if not files:
         raise BaseModelError(f"{folder}: no *.safetensors weights (pickled weights are not loaded)")
     key = "|".join(f"{f.resolve()}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files)
-    cache = cache_dir() / "fingerprints.json"
-    try:
-        known = json.loads(cache.read_text())
-    except (OSError, ValueError):
-        known = {}
-    if key in known:
-        return known[key]
+    if cached := cache_get("fingerprints.json", key):
+        return cached
     import torch
 
     h = hashlib.sha256()
@@ -160,14 +181,7 @@ def weights_fingerprint(folder: str | Path) -> str:
         h.update(name.encode())
         h.update(t.numpy().tobytes())
     fp = "sha256:" + h.hexdigest()[:32]
-    known[key] = fp
-    try:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(known, indent=1))
-        os.replace(tmp, cache)
-    except OSError:
-        pass
+    cache_put("fingerprints.json", key, fp)
     return fp
 
 

@@ -159,7 +159,9 @@ def _transcribe_options(**kw):
 @click.option("--language", default=None, help="Force the language (skip detection).")
 @click.option("--languages", default=None, help="Restrict detection to these languages: fr,de,es.")
 @click.option("--adapter", default="auto", show_default=True, help="auto (route), none (base), or NAME[@VERSION].")
-@click.option("--domain", default=None, help="Prefer the adapter for this domain (or domains, in order: medical,legal).")
+@click.option(
+    "--domain", default=None, help="Prefer the adapter for this domain (or domains, in order: medical,legal)."
+)
 @click.option(
     "--route", "route_mode", type=click.Choice(["per-file", "per-segment"]), default="per-file", show_default=True
 )

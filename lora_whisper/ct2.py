@@ -145,8 +145,8 @@ def ct2_to_state_dict(variables: dict[str, np.ndarray], aliases: dict[str, str])
         lin(f"encoder/conv{c}", f"{E}.conv{c}")
     sd[f"{E}.embed_positions.weight"] = _f(v["encoder/position_encodings/encodings"])
     ln("encoder/layer_norm", f"{E}.layer_norm")
-    for i in range(n_enc):
-        s, d = f"encoder/layer_{i}", f"{E}.layers.{i}"
+
+    def self_attention_and_ffn(s: str, d: str) -> None:
         split_fused(
             f"{s}/self_attention/linear_0", [f"{d}.self_attn.{p}_proj" for p in "qkv"], {f"{d}.self_attn.k_proj"}
         )
@@ -155,16 +155,15 @@ def ct2_to_state_dict(variables: dict[str, np.ndarray], aliases: dict[str, str])
         lin(f"{s}/ffn/linear_0", f"{d}.fc1")
         lin(f"{s}/ffn/linear_1", f"{d}.fc2")
         ln(f"{s}/ffn/layer_norm", f"{d}.final_layer_norm")
+
+    for i in range(n_enc):
+        self_attention_and_ffn(f"encoder/layer_{i}", f"{E}.layers.{i}")
     sd[f"{D}.embed_tokens.weight"] = _f(v["decoder/embeddings/weight"])
     sd[f"{D}.embed_positions.weight"] = _f(v["decoder/position_encodings/encodings"])
     ln("decoder/layer_norm", f"{D}.layer_norm")
     for i in range(n_dec):
         s, d = f"decoder/layer_{i}", f"{D}.layers.{i}"
-        split_fused(
-            f"{s}/self_attention/linear_0", [f"{d}.self_attn.{p}_proj" for p in "qkv"], {f"{d}.self_attn.k_proj"}
-        )
-        lin(f"{s}/self_attention/linear_1", f"{d}.self_attn.out_proj")
-        ln(f"{s}/self_attention/layer_norm", f"{d}.self_attn_layer_norm")
+        self_attention_and_ffn(s, d)
         lin(f"{s}/attention/linear_0", f"{d}.encoder_attn.q_proj")
         split_fused(
             f"{s}/attention/linear_1",
@@ -173,9 +172,6 @@ def ct2_to_state_dict(variables: dict[str, np.ndarray], aliases: dict[str, str])
         )
         lin(f"{s}/attention/linear_2", f"{d}.encoder_attn.out_proj")
         ln(f"{s}/attention/layer_norm", f"{d}.encoder_attn_layer_norm")
-        lin(f"{s}/ffn/linear_0", f"{d}.fc1")
-        lin(f"{s}/ffn/linear_1", f"{d}.fc2")
-        ln(f"{s}/ffn/layer_norm", f"{d}.final_layer_norm")
 
     d_model = sd[f"{E}.layer_norm.weight"].shape[0]
     num_heads = int(v.get("encoder/num_heads", np.array(max(1, d_model // 64))))

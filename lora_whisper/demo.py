@@ -40,12 +40,16 @@ def main(argv: list[str] | None = None) -> int:
     for k, (e, b, r) in enumerate(zip(examples, base, routed)):
         wb = score([e.text], [b.text], "fr").wer
         wr = score([e.text], [r.text], "fr").wer
-        print(f"{k:<6}{b.language + f' {b.language_probability:.2f}':<18}"
-              f"{f'{r.language} {r.language_probability:.2f} / {r.adapter}':<36}{wb:>9.3f}{wr:>11.3f}")
+        print(
+            f"{k:<6}{b.language + f' {b.language_probability:.2f}':<18}"
+            f"{f'{r.language} {r.language_probability:.2f} / {r.adapter}':<36}{wb:>9.3f}{wr:>11.3f}"
+        )
     sb = score([e.text for e in examples], [b.text for b in base], "fr")
     sr = score([e.text for e in examples], [r.text for r in routed], "fr")
-    print(f"\nheld-out clips: {len(examples)}   WER base {sb.wer:.3f} -> routed {sr.wer:.3f}   "
-          f"CER {sb.cer:.3f} -> {sr.cer:.3f}")
+    print(
+        f"\nheld-out clips: {len(examples)}   WER base {sb.wer:.3f} -> routed {sr.wer:.3f}   "
+        f"CER {sb.cer:.3f} -> {sr.cer:.3f}"
+    )
     print(f"example  ref: {examples[0].text}\n         base: {base[0].text[:120]}\n       routed: {routed[0].text}")
     return 0
 

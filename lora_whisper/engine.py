@@ -357,7 +357,7 @@ class Engine:
             probs = {}
             for sub in _batches(chunks, options.batch_size):
                 enc = self.encode(self.features([c.audio for _, c in sub]))
-                for (i, c), p in zip(sub, self.language_probs(enc, candidates)):
+                for (i, _c), p in zip(sub, self.language_probs(enc, candidates)):
                     probs.setdefault(i, []).append(p)
             for i, p in enumerate(group):
                 if i in errors:

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .base import Base, cache_dir, load_base
+from .base import Base, cache_dir, cache_get, cache_put, load_base
 from .config import Recipe
 from .data import Example, Loaded, fingerprint, load_folder, load_hub, load_manifest, validate
 from .registry import AdapterRecord, Registry
@@ -242,10 +242,10 @@ def train(
     # data: decode, check and drop bad rows once
     bar = _bar(progress, "prepare data")
     base = base or load_base(recipe.base.model, recipe.base.quantize)
-    train_raw, test_raw = load_data(recipe, progress=bar.update if bar else None)
+    train_raw, test_raw = load_data(recipe, progress=bar.update if bar is not None else None)
     train_set = validate(_cap(train_raw, recipe.data.max_train), base.processor.tokenizer)
     test_set = validate(_cap(test_raw, recipe.data.max_test), base.processor.tokenizer)
-    if bar:
+    if bar is not None:
         bar.close()
     if not train_set.examples or not test_set.examples:
         raise ValueError(
@@ -265,9 +265,9 @@ def train(
     if recipe.lora.scope == "decoder":
         bar = _bar(progress, "encoder cache", len(train_set.examples))
         encoder_hidden = _encoder_cache(
-            base, train_set.examples, data_fp, recipe.eval.batch_size, bar.update if bar else None
+            base, train_set.examples, data_fp, recipe.eval.batch_size, bar.update if bar is not None else None
         )
-        if bar:
+        if bar is not None:
             bar.close()
     model = base.model
     if base.quantize == "int8":
@@ -385,19 +385,10 @@ def train(
 def _cached_before(base: Base, examples: list[Example], recipe: Recipe, data_fp: str) -> Score:
     """The base's held-out score, remembered per (base, data, eval settings): a resumed run needn't redo it."""
     key = f"{base.identity.fingerprint}|{base.quantize}|{data_fp}|{recipe.eval}"
-    path = cache_dir() / "before_scores.json"
-    try:
-        known = json.loads(path.read_text())
-    except (OSError, ValueError):
-        known = {}
-    if key in known:
-        return Score(**known[key])
+    if known := cache_get("before_scores.json", key):
+        return Score(**known)
     score = evaluate_adapter(base, examples, recipe, None)
-    known[key] = score.__dict__
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(known))
-    os.replace(tmp, path)
+    cache_put("before_scores.json", key, score.__dict__)
     return score
 
 

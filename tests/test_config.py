@@ -25,21 +25,42 @@ def test_overrides_and_defaults():
     r = load_recipe(RECIPES[0], ["train.lr=1e-4", "lora.r=8", "lora.target_modules=[q_proj,k_proj,v_proj]"])
     assert r.train.lr == 1e-4 and r.lora.r == 8 and r.lora.target_modules == ["q_proj", "k_proj", "v_proj"]
     assert find_recipe("fr", "medical").name == "fr-medical.yaml" and find_recipe("xx", "none") is None
-    g = load_recipe(None, language="it", domain="law", data={"source": "manifest", "train": "a.jsonl", "test": "b.jsonl"})
+    g = load_recipe(
+        None, language="it", domain="law", data={"source": "manifest", "train": "a.jsonl", "test": "b.jsonl"}
+    )
     assert g.name == "it-law" and str(g.run_dir) == "runs/it-law"
 
 
 def test_all_problems_reported_at_once():
     with pytest.raises(RecipeError) as e:
-        load_recipe(None, ["language=xx", "train.lr=-1", "lora.scope=both", "data.source=synthetic", "train.batch_size=0",
-                           "lora.target_modules=[q_proj,wrong]", "output.name=../up"])
+        load_recipe(
+            None,
+            [
+                "language=xx",
+                "train.lr=-1",
+                "lora.scope=both",
+                "data.source=synthetic",
+                "train.batch_size=0",
+                "lora.target_modules=[q_proj,wrong]",
+                "output.name=../up",
+            ],
+        )
     msg = str(e.value)
-    for needle in ("language: 'xx' is not a Whisper language", "train.lr", "lora.scope", "data.corpus: required",
-                   "train.batch_size", "lora.target_modules", "output.name"):
+    for needle in (
+        "language: 'xx' is not a Whisper language",
+        "train.lr",
+        "lora.scope",
+        "data.corpus: required",
+        "train.batch_size",
+        "lora.target_modules",
+        "output.name",
+    ):
         assert needle in msg, needle
     assert len(e.value.problems) == 7
 
 
 def test_unknown_field_is_named():
     with pytest.raises(RecipeError, match="train.learning_rate: unknown field"):
-        load_recipe(None, ["train.learning_rate=1"], language="fr", data={"source": "synthetic", "corpus": "fr-medical"})
+        load_recipe(
+            None, ["train.learning_rate=1"], language="fr", data={"source": "synthetic", "corpus": "fr-medical"}
+        )

@@ -56,11 +56,16 @@ def test_hub_style_dataset_rows(wavs):
     """The rows a Hub data set yields (Audio(decode=False): bytes or path), through a local `datasets` data set."""
     import datasets
 
-    ds = datasets.Dataset.from_dict({
-        "audio": [{"bytes": wavs["good"].read_bytes(), "path": None}, {"bytes": None, "path": str(wavs["mp3"])},
-                  {"bytes": b"garbage", "path": None}],
-        "sentence": ["un", "deux", "trois"],
-    })
+    ds = datasets.Dataset.from_dict(
+        {
+            "audio": [
+                {"bytes": wavs["good"].read_bytes(), "path": None},
+                {"bytes": None, "path": str(wavs["mp3"])},
+                {"bytes": b"garbage", "path": None},
+            ],
+            "sentence": ["un", "deux", "trois"],
+        }
+    )
     loaded = rows_from_dataset(ds, "local/ds", "audio", "sentence", "fr", None)
     assert [e.text for e in loaded.examples] == ["un", "deux"]
     assert loaded.rejected[0].id == "local/ds:2" and "unreadable audio" in loaded.rejected[0].reason

@@ -113,7 +113,9 @@ def test_bad_adapters_warn_and_fall_back_to_base(fp32_base, reg, wavs, tiny_adap
     # another base: fingerprint differs
     file_adapter(reg, tiny_adapter_factory("encoder+decoder", 4), "es", "es", fingerprint="sha256:other")
     # corrupt weights after filing
-    file_adapter(reg, tiny_adapter_factory("encoder+decoder", 5), "pt", "pt", fingerprint=tiny_adapter_factory.fingerprint)
+    file_adapter(
+        reg, tiny_adapter_factory("encoder+decoder", 5), "pt", "pt", fingerprint=tiny_adapter_factory.fingerprint
+    )
     w = reg.get("pt").path / "adapter_model.safetensors"
     w.write_bytes(w.read_bytes()[:-10])
     engine = Engine(fp32_base, reg)
@@ -133,16 +135,21 @@ def test_export_merged_and_ct2(tmp_path, tiny_model_dir, reg, wavs):
 
     paths = export_merged(reg, "fr-medical", tmp_path / "exp", base=str(tiny_model_dir), ct2=True)
     merged = WhisperForConditionalGeneration.from_pretrained(paths[0]).eval()
-    peft_model = PeftModel.from_pretrained(WhisperForConditionalGeneration.from_pretrained(tiny_model_dir),
-                                           str(reg.get("fr-medical").path)).eval()
+    peft_model = PeftModel.from_pretrained(
+        WhisperForConditionalGeneration.from_pretrained(tiny_model_dir), str(reg.get("fr-medical").path)
+    ).eval()
     x, d = torch.randn(1, 80, 3000), torch.tensor([[50258, 50265]])
     with torch.no_grad():
-        assert torch.allclose(merged(input_features=x, decoder_input_ids=d).logits,
-                              peft_model(input_features=x, decoder_input_ids=d).logits, atol=1e-4)
+        assert torch.allclose(
+            merged(input_features=x, decoder_input_ids=d).logits,
+            peft_model(input_features=x, decoder_input_ids=d).logits,
+            atol=1e-4,
+        )
     assert (paths[1] / "model.bin").is_file()
     fw = pytest.importorskip("faster_whisper")
     segments, info = fw.WhisperModel(str(paths[1]), device="cpu", compute_type="int8").transcribe(
-        str(wavs["good"]), language="fr", max_new_tokens=4, without_timestamps=True)
+        str(wavs["good"]), language="fr", max_new_tokens=4, without_timestamps=True
+    )
     list(segments)
     assert info.language == "fr"
     shutil.rmtree(tmp_path / "exp")

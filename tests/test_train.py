@@ -14,14 +14,39 @@ from conftest import TINY_HUB_ID
 from lora_whisper.cli import main
 from lora_whisper.registry import Registry
 
-SMALL = ["--set", "data.max_train=8", "--set", "data.max_test=4", "--set", "train.batch_size=4",
-         "--set", "data.train_voices=2", "--set", "data.test_voices=2"]
+SMALL = [
+    "--set",
+    "data.max_train=8",
+    "--set",
+    "data.max_test=4",
+    "--set",
+    "train.batch_size=4",
+    "--set",
+    "data.train_voices=2",
+    "--set",
+    "data.test_voices=2",
+]
 
 
 def _train(tiny_model_dir, tmp_path, *extra, quantize="int8"):
-    args = ["--base", str(tiny_model_dir), "--quantize", quantize, "--registry", str(tmp_path / "adapters"),
-            "train", "--lang", "fr", "--domain", "medical", "--no-progress",
-            "--set", f"output.run_dir={tmp_path / 'run'}", *SMALL, *extra]
+    args = [
+        "--base",
+        str(tiny_model_dir),
+        "--quantize",
+        quantize,
+        "--registry",
+        str(tmp_path / "adapters"),
+        "train",
+        "--lang",
+        "fr",
+        "--domain",
+        "medical",
+        "--no-progress",
+        "--set",
+        f"output.run_dir={tmp_path / 'run'}",
+        *SMALL,
+        *extra,
+    ]
     return CliRunner().invoke(main, args)
 
 
@@ -37,39 +62,83 @@ def test_short_training_files_a_complete_record(tiny_model_dir, tmp_path):
     assert rec.metrics["steps"] == 2 and rec.recipe["train"]["max_steps"] == 2
     assert rec.lora["scope"] == "encoder+decoder" and rec.lora["trainable_params"] > 0
     files = {p.name for p in rec.path.iterdir()}
-    assert {"adapter_config.json", "adapter_model.safetensors", "lora_whisper.json", "recipe.yaml", "training.png"} <= files
+    assert {
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "lora_whisper.json",
+        "recipe.yaml",
+        "training.png",
+    } <= files
     assert not [f for f in files if f.endswith((".bin", ".pt", ".pth"))]
     assert json.loads((rec.path / "adapter_config.json").read_text())["base_model_name_or_path"] == TINY_HUB_ID
     assert (tmp_path / "run" / "runs").is_dir()  # TensorBoard event files
     assert "WER" in res.stdout and "fr-medical@1" in res.stdout
     # training the same pair again makes version 2, active
-    assert _train(tiny_model_dir, tmp_path, "--set", "train.max_steps=1", "--set", "eval.skip_before=true").exit_code == 0
+    assert (
+        _train(tiny_model_dir, tmp_path, "--set", "train.max_steps=1", "--set", "eval.skip_before=true").exit_code == 0
+    )
     assert Registry(tmp_path / "adapters").get("fr-medical").version == 2
 
 
 def test_decoder_only_trains_on_cached_encoder_output(tiny_model_dir, tmp_path, cache_dir):
     before = set((cache_dir / "encoder").glob("*.safetensors")) if (cache_dir / "encoder").is_dir() else set()
-    res = _train(tiny_model_dir, tmp_path, "--set", "lora.scope=decoder", "--set", "train.max_steps=2",
-                 "--set", "eval.skip_before=true")
+    res = _train(
+        tiny_model_dir,
+        tmp_path,
+        "--set",
+        "lora.scope=decoder",
+        "--set",
+        "train.max_steps=2",
+        "--set",
+        "eval.skip_before=true",
+    )
     assert res.exit_code == 0, res.output
     rec = Registry(tmp_path / "adapters").get("fr-medical")
     assert rec.lora["scope"] == "decoder" and rec.decoder_only
-    assert "encoder" not in json.loads((rec.path / "adapter_config.json").read_text())["target_modules"].replace("encoder_attn", "")
+    assert "encoder" not in json.loads((rec.path / "adapter_config.json").read_text())["target_modules"].replace(
+        "encoder_attn", ""
+    )
     assert len(set((cache_dir / "encoder").glob("*.safetensors")) - before) <= 1  # computed once (or reused)
 
 
 def test_gradient_checkpointing_with_8bit_base(tiny_model_dir, tmp_path):
-    res = _train(tiny_model_dir, tmp_path, "--set", "train.gradient_checkpointing=true", "--set", "train.max_steps=2",
-                 "--set", "eval.skip_before=true")
+    res = _train(
+        tiny_model_dir,
+        tmp_path,
+        "--set",
+        "train.gradient_checkpointing=true",
+        "--set",
+        "train.max_steps=2",
+        "--set",
+        "eval.skip_before=true",
+    )
     assert res.exit_code == 0, res.output
 
 
 def test_bad_data_files_nothing(tiny_model_dir, tmp_path, wavs):
     m = tmp_path / "bad.jsonl"
-    m.write_text(json.dumps({"audio": str(wavs["empty"]), "text": "x"}) + "\n" +
-                 json.dumps({"audio": str(wavs["good"]), "text": ""}) + "\n")
-    args = ["--base", str(tiny_model_dir), "--registry", str(tmp_path / "adapters"), "train", "--lang", "fr",
-            "--set", "data.source=manifest", "--set", f"data.train={m}", "--set", f"data.test={m}", "--no-progress"]
+    m.write_text(
+        json.dumps({"audio": str(wavs["empty"]), "text": "x"})
+        + "\n"
+        + json.dumps({"audio": str(wavs["good"]), "text": ""})
+        + "\n"
+    )
+    args = [
+        "--base",
+        str(tiny_model_dir),
+        "--registry",
+        str(tmp_path / "adapters"),
+        "train",
+        "--lang",
+        "fr",
+        "--set",
+        "data.source=manifest",
+        "--set",
+        f"data.train={m}",
+        "--set",
+        f"data.test={m}",
+        "--no-progress",
+    ]
     res = CliRunner().invoke(main, args)
     assert res.exit_code == 2 and "no usable training rows" in res.stderr
     assert Registry(tmp_path / "adapters").list() == []
@@ -82,10 +151,29 @@ def _cli(*args, env=None):
 
 
 def test_kill_then_resume_continues_from_checkpoint(tiny_model_dir, tmp_path):
-    common = ["--base", str(tiny_model_dir), "--registry", str(tmp_path / "adapters"), "train", "--lang", "fr",
-              "--domain", "medical", "--no-progress", "--set", f"output.run_dir={tmp_path / 'run'}", *SMALL,
-              "--set", "train.max_steps=40", "--set", "train.save_steps=2", "--set", "train.save_total_limit=3",
-              "--set", "eval.skip_before=true"]
+    common = [
+        "--base",
+        str(tiny_model_dir),
+        "--registry",
+        str(tmp_path / "adapters"),
+        "train",
+        "--lang",
+        "fr",
+        "--domain",
+        "medical",
+        "--no-progress",
+        "--set",
+        f"output.run_dir={tmp_path / 'run'}",
+        *SMALL,
+        "--set",
+        "train.max_steps=40",
+        "--set",
+        "train.save_steps=2",
+        "--set",
+        "train.save_total_limit=3",
+        "--set",
+        "eval.skip_before=true",
+    ]
     proc = subprocess.Popen(_cli(*common), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.time() + 240
     while time.time() < deadline and not list((tmp_path / "run").glob("checkpoint-4")):
@@ -106,13 +194,37 @@ def test_kill_then_resume_continues_from_checkpoint(tiny_model_dir, tmp_path):
 
 def test_data_parallel_two_cpu_processes(tiny_model_dir, tmp_path):
     """torchrun with 2 processes (gloo): the Trainer's own DDP; rank 0 evaluates and files."""
-    args = ["--nproc_per_node", "2", "-m", "lora_whisper.cli", "--base", str(tiny_model_dir), "--quantize", "none",
-            "--registry", str(tmp_path / "adapters"), "train", "--lang", "fr", "--domain", "medical", "--no-progress",
-            "--set", f"output.run_dir={tmp_path / 'run'}", *SMALL, "--set", "train.max_steps=2",
-            "--set", "eval.skip_before=true", "--set", "train.batch_size=2"]
+    args = [
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "lora_whisper.cli",
+        "--base",
+        str(tiny_model_dir),
+        "--quantize",
+        "none",
+        "--registry",
+        str(tmp_path / "adapters"),
+        "train",
+        "--lang",
+        "fr",
+        "--domain",
+        "medical",
+        "--no-progress",
+        "--set",
+        f"output.run_dir={tmp_path / 'run'}",
+        *SMALL,
+        "--set",
+        "train.max_steps=2",
+        "--set",
+        "eval.skip_before=true",
+        "--set",
+        "train.batch_size=2",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", *args], capture_output=True, text=True,
-                         timeout=600, env=env)
+    res = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", *args], capture_output=True, text=True, timeout=600, env=env
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     rec = Registry(tmp_path / "adapters").get("fr-medical")
     assert rec.version == 1 and len(Registry(tmp_path / "adapters").list()) == 1
