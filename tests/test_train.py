@@ -28,26 +28,17 @@ SMALL = [
 ]
 
 
-def _train(tiny_model_dir, tmp_path, *extra, quantize="int8"):
-    args = [
-        "--base",
-        str(tiny_model_dir),
-        "--quantize",
-        quantize,
-        "--registry",
-        str(tmp_path / "adapters"),
-        "train",
-        "--lang",
-        "fr",
-        "--domain",
-        "medical",
-        "--no-progress",
-        "--set",
-        f"output.run_dir={tmp_path / 'run'}",
-        *SMALL,
-        *extra,
+def _args(tiny_model_dir, tmp_path, *extra, quantize="int8") -> list[str]:
+    """`lora-whisper ... train --lang fr --domain medical` on the tiny base with a few synthetic clips."""
+    return [
+        *("--base", str(tiny_model_dir), "--quantize", quantize, "--registry", str(tmp_path / "adapters")),
+        *("train", "--lang", "fr", "--domain", "medical", "--no-progress"),
+        *("--set", f"output.run_dir={tmp_path / 'run'}", *SMALL, *extra),
     ]
-    return CliRunner().invoke(main, args)
+
+
+def _train(tiny_model_dir, tmp_path, *extra, quantize="int8"):
+    return CliRunner().invoke(main, _args(tiny_model_dir, tmp_path, *extra, quantize=quantize))
 
 
 def test_short_training_files_a_complete_record(tiny_model_dir, tmp_path):
@@ -146,35 +137,18 @@ def test_bad_data_files_nothing(tiny_model_dir, tmp_path, wavs):
     assert res.exit_code == 2 and "language: 'xx' is not a Whisper language code" in res.stderr
 
 
-def _cli(*args, env=None):
+def _cli(*args):
     return [sys.executable, "-m", "lora_whisper.cli", *args]
 
 
 def test_kill_then_resume_continues_from_checkpoint(tiny_model_dir, tmp_path):
-    common = [
-        "--base",
-        str(tiny_model_dir),
-        "--registry",
-        str(tmp_path / "adapters"),
-        "train",
-        "--lang",
-        "fr",
-        "--domain",
-        "medical",
-        "--no-progress",
-        "--set",
-        f"output.run_dir={tmp_path / 'run'}",
-        *SMALL,
-        "--set",
-        "train.max_steps=40",
-        "--set",
-        "train.save_steps=2",
-        "--set",
-        "train.save_total_limit=3",
-        "--set",
-        "eval.skip_before=true",
-    ]
-    proc = subprocess.Popen(_cli(*common), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    common = _args(
+        tiny_model_dir,
+        tmp_path,
+        *("--set", "train.max_steps=40", "--set", "train.save_steps=2"),
+        *("--set", "train.save_total_limit=3", "--set", "eval.skip_before=true"),
+    )
+    proc = subprocess.Popen(_cli(*common), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 240
     while time.time() < deadline and not list((tmp_path / "run").glob("checkpoint-4")):
         time.sleep(0.1)
@@ -194,32 +168,13 @@ def test_kill_then_resume_continues_from_checkpoint(tiny_model_dir, tmp_path):
 
 def test_data_parallel_two_cpu_processes(tiny_model_dir, tmp_path):
     """torchrun with 2 processes (gloo): the Trainer's own DDP; rank 0 evaluates and files."""
+    extra = ("--set", "train.max_steps=2", "--set", "eval.skip_before=true", "--set", "train.batch_size=2")
     args = [
         "--nproc_per_node",
         "2",
         "-m",
         "lora_whisper.cli",
-        "--base",
-        str(tiny_model_dir),
-        "--quantize",
-        "none",
-        "--registry",
-        str(tmp_path / "adapters"),
-        "train",
-        "--lang",
-        "fr",
-        "--domain",
-        "medical",
-        "--no-progress",
-        "--set",
-        f"output.run_dir={tmp_path / 'run'}",
-        *SMALL,
-        "--set",
-        "train.max_steps=2",
-        "--set",
-        "eval.skip_before=true",
-        "--set",
-        "train.batch_size=2",
+        *_args(tiny_model_dir, tmp_path, *extra, quantize="none"),
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     res = subprocess.run(
