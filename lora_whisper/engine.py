@@ -195,7 +195,7 @@ class Engine:
 
     def combined(self, refs: list[str], options: TranscribeOptions) -> AdapterRecord:
         """A derived adapter combining resident ones (peft add_weighted_adapter), cached like any other."""
-        key = adapter_key("+".join(refs)) + f"-{options.combine}"
+        key = self._key_for("+".join(refs), options)
         if key in self.resident:
             self.resident.move_to_end(key)
             return self.resident[key]

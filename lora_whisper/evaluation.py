@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from .data import Example
 from .engine import Engine, FileError, TranscribeOptions
 from .scoring import Score, score
@@ -45,10 +47,7 @@ def evaluate(engine: Engine, examples: list[Example], options: TranscribeOptions
     rows, errors = [], []
     for lang, exs in groups.items():
         opts = TranscribeOptions(**{**options.__dict__, "language": lang})
-        inputs = [
-            (ex.id, ex.audio) if not isinstance(ex.audio, (str,)) and hasattr(ex.audio, "shape") else ex.audio
-            for ex in exs
-        ]
+        inputs = [(ex.id, ex.audio) if isinstance(ex.audio, np.ndarray) else ex.audio for ex in exs]
         for ex, res in zip(exs, engine.transcribe(inputs, opts, progress=progress)):
             if isinstance(res, FileError):
                 errors.append(res.error)

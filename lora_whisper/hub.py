@@ -171,7 +171,8 @@ def pull(
         try:
             return registry.import_folder(
                 local,
-                name=name or None if (local / METADATA_FILE).is_file() else name or default_name,
+                # our metadata names the adapter; a plain peft repo is named after the repo
+                name=name or (None if (local / METADATA_FILE).is_file() else default_name),
                 language=language,
                 domain=domain,
                 source=f"hf://{repo_id}",

@@ -335,6 +335,8 @@ def train(
     shutil.rmtree(adapter_dir, ignore_errors=True)
     save_adapter(peft_model, adapter_dir, base.identity.hub_id)
     log_history = trainer.state.log_history
+    # The trained model carries LoRA layers and k-bit preparation; evaluate the saved files on a fresh base, exactly
+    # as `lora-whisper eval --adapter` will (one extra load of ~3 s, weights fingerprint cached).
     del trainer, peft_model, model
     base.model = None
     fresh = load_base(str(base.path), base.quantize, base.device)
