@@ -395,9 +395,31 @@ def _cached_before(base: Base, examples: list[Example], recipe: Recipe, data_fp:
 
 
 def _last_checkpoint(run_dir: Path) -> Path | None:
-    from transformers.trainer_utils import get_last_checkpoint
+    """The newest *complete* checkpoint: a kill during a save leaves a folder without its trainer state.
 
-    return Path(get_last_checkpoint(str(run_dir))) if run_dir.is_dir() and get_last_checkpoint(str(run_dir)) else None
+    transformers' ``get_last_checkpoint`` takes the highest-numbered folder whatever it holds, and resuming from a
+    half-written one fails ("Can't find a valid checkpoint"). The Trainer writes ``trainer_state.json`` after the
+    weights, optimizer and RNG states, so a parseable state whose step matches the folder marks a finished save.
+    """
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+    if not run_dir.is_dir():
+        return None
+    found = []
+    for path in run_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
+        step = path.name.rsplit("-", 1)[-1]
+        if path.is_dir() and step.isdigit():
+            found.append((int(step), path))
+    for step, path in sorted(found, reverse=True):
+        try:
+            state = json.loads((path / "trainer_state.json").read_text())
+            complete = state.get("global_step") == step and any(path.glob("*.safetensors"))
+        except (OSError, ValueError, AttributeError):
+            complete = False
+        if complete:
+            return path
+        logger.warning("%s: incomplete checkpoint (interrupted while saving), skipped", path)
+    return None
 
 
 SECONDS_FILE = "lora_whisper_seconds.json"

@@ -157,13 +157,36 @@ def test_kill_then_resume_continues_from_checkpoint(tiny_model_dir, tmp_path):
     ckpts = sorted(int(p.name.split("-")[1]) for p in (tmp_path / "run").glob("checkpoint-*"))
     assert ckpts and max(ckpts) < 40, ckpts
     assert Registry(tmp_path / "adapters").list() == []  # nothing filed by the killed run
+    # A kill during a save leaves a folder without trainer state (the kill above may or may not have hit one):
+    # make one for sure, newest of all; resume must skip it and take the newest complete checkpoint.
+    partial = tmp_path / "run" / f"checkpoint-{max(ckpts) + 1}"
+    partial.mkdir()
+    (partial / "adapter_config.json").write_text("{}")
     res = subprocess.run(_cli("-v", *common, "--resume"), capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]
-    assert f"resuming from {tmp_path / 'run'}/checkpoint-{max(ckpts)}" in res.stderr
+    assert f"{partial}: incomplete checkpoint" in res.stderr
+    resumed = int(res.stderr.split(f"resuming from {tmp_path / 'run'}/checkpoint-")[1].split()[0])
+    assert resumed in ckpts and resumed >= 2
     state = json.loads((tmp_path / "run" / "checkpoint-40" / "trainer_state.json").read_text())
     logged = [h["step"] for h in state["log_history"] if "loss" in h]
     assert logged == list(range(1, 41))  # one history, continued, not restarted
     assert Registry(tmp_path / "adapters").get("fr-medical").metrics["steps"] == 40
+
+
+def test_last_checkpoint_skips_half_written(tmp_path):
+    from lora_whisper.train import _last_checkpoint
+
+    assert _last_checkpoint(tmp_path / "nothing") is None
+    for step, state in [(2, {"global_step": 2}), (4, {"global_step": 4}), (6, None), (8, "{\"global_st")]:
+        ckpt = tmp_path / f"checkpoint-{step}"
+        ckpt.mkdir()
+        (ckpt / "adapter_model.safetensors").write_bytes(b"x")
+        if state is not None:
+            (ckpt / "trainer_state.json").write_text(state if isinstance(state, str) else json.dumps(state))
+    (tmp_path / "checkpoint-10").mkdir()  # killed before anything was written
+    assert _last_checkpoint(tmp_path) == tmp_path / "checkpoint-4"
+    (tmp_path / "checkpoint-4" / "adapter_model.safetensors").unlink()
+    assert _last_checkpoint(tmp_path) == tmp_path / "checkpoint-2"
 
 
 def test_data_parallel_two_cpu_processes(tiny_model_dir, tmp_path):
