@@ -169,6 +169,29 @@ def _transcribe_options(**kw):
 @click.option("--batch-size", default=8, show_default=True)
 @click.option("--beam-size", default=1, show_default=True)
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None, help="Write FILE.<format> here.")
+@click.option("--merge", is_flag=True, help="Merge each adapter into the weights while it is used (fp32 copy if 8-bit).")
+@click.option(
+    "--combine",
+    type=click.Choice(["linear", "cat", "ties"]),
+    default=None,
+    help="With --domain: combine the language adapter and the domain adapter (peft add_weighted_adapter).",
+)
+@click.option(
+    "--combine-weights", default="1,1", show_default=True, help="Weights of the language and domain adapters."
+)
+@click.option(
+    "--batching",
+    type=click.Choice(["grouped", "mixed"]),
+    default="grouped",
+    show_default=True,
+    help="One generate call per adapter, or rows of several adapters in one call (peft adapter_names).",
+)
+@click.option(
+    "--consult-below",
+    default=0.8,
+    show_default=True,
+    help="Ask the candidate adapters when the base's language probability is below this (0: never).",
+)
 @click.option("--verbose-route", "verbose_route", is_flag=True, help="Print the route of each file to stderr.")
 @click.pass_context
 def transcribe(
@@ -184,21 +207,37 @@ def transcribe(
     batch_size,
     beam_size,
     out_dir,
+    merge,
+    combine,
+    combine_weights,
+    batching,
+    consult_below,
     verbose_route,
 ):
     """Transcribe audio files or folders, routing each to the right adapter."""
     from .engine import FileError
     from .output import render
 
+    try:
+        weights = tuple(float(w) for w in _csv(combine_weights) or [])
+    except ValueError:
+        weights = ()
+    if len(weights) != 2:
+        _fail(f"--combine-weights {combine_weights!r}: give two numbers, e.g. 0.7,0.3")
     options = _transcribe_options(
         language=language,
         languages=_csv(languages),
         adapter=adapter,
-        domain=domain,
+        domain=_csv(domain),
         threshold=threshold,
         per_segment=route_mode == "per-segment",
         batch_size=batch_size,
         beam_size=beam_size,
+        merge=merge,
+        combine=combine,
+        combine_weights=weights,
+        batching=batching,
+        consult_below=consult_below,
     )
     engine = _engine(ctx)
     from .audio import expand_inputs
@@ -276,7 +315,7 @@ def _load_data(src: str, language: str | None, split: str, audio_column: str, te
 @click.option("--data", "src", required=True, help="Folder (audiofolder), manifest (.jsonl/.csv) or Hub data set id.")
 @click.option("--adapter", default="none", show_default=True, help="none (base), auto (route), or NAME[@VERSION].")
 @click.option("--language", default=None, help="Force this language for every row (else each row's own).")
-@click.option("--domain", default=None)
+@click.option("--domain", default=None, help="Prefer the adapter for this domain (a comma list is tried in order).")
 @click.option("--split", default="test", show_default=True, help="Hub data sets: split.")
 @click.option("--audio-column", default="audio", show_default=True)
 @click.option("--text-column", default="text", show_default=True)
@@ -292,7 +331,7 @@ def eval_cmd(ctx, src, adapter, language, domain, split, audio_column, text_colu
     for r in loaded.rejected:
         click.echo(f"error: {r.id}: {r.reason}", err=True)
     engine = _engine(ctx)
-    options = _transcribe_options(language=language, adapter=adapter, domain=domain)
+    options = _transcribe_options(language=language, adapter=adapter, domain=_csv(domain))
     with _progress(len(loaded.examples), "eval") as bar:
         report = evaluate(engine, loaded.examples, options, progress=bar.update)
     for e in report.errors:

@@ -153,3 +153,26 @@ def test_export_merged_and_ct2(tmp_path, tiny_model_dir, reg, wavs):
     list(segments)
     assert info.language == "fr"
     shutil.rmtree(tmp_path / "exp")
+
+
+def test_cli_merge_combine_and_domain_list(tiny_model_dir, reg, wavs):
+    from click.testing import CliRunner
+
+    from lora_whisper.cli import main
+
+    def run(*extra):
+        args = ["--base", str(tiny_model_dir), "--quantize", "none", "--registry", str(reg.root), "transcribe"]
+        res = CliRunner().invoke(main, [*args, "--format", "json", "--language", "fr", *extra, str(wavs["good"])])
+        assert res.exit_code == 0, res.output
+        return json.loads(res.stdout)
+
+    plain = run("--domain", "legal,medical")  # a comma list is tried in order: no legal adapter, then medical
+    assert plain["adapter"] == "fr-medical@1" and plain["merged"] is False
+    merged = run("--domain", "medical", "--merge")
+    assert merged["adapter"] == "fr-medical@1" and merged["merged"] is True and merged["text"] == plain["text"]
+    combined = run("--domain", "medical", "--combine", "linear", "--combine-weights", "0.5,0.5")
+    assert combined["adapter"] == "fr@1+fr-medical@1" and "linear" in combined["route"]
+    mixed = run("--domain", "medical", "--batching", "mixed", "--consult-below", "0")
+    assert mixed["text"] == plain["text"]
+    res = CliRunner().invoke(main, ["--registry", str(reg.root), "transcribe", "--combine-weights", "1", "x.wav"])
+    assert res.exit_code == 2 and "--combine-weights '1': give two numbers" in res.stderr
