@@ -125,6 +125,8 @@ def offline_ct2_path() -> Path:
         shutil.copy2(d1 / name, tmp / name)
     if not out.exists():
         os.replace(tmp, out)
+    else:  # another process finished first
+        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 

@@ -169,7 +169,9 @@ def _transcribe_options(**kw):
 @click.option("--batch-size", default=8, show_default=True)
 @click.option("--beam-size", default=1, show_default=True)
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None, help="Write FILE.<format> here.")
-@click.option("--merge", is_flag=True, help="Merge each adapter into the weights while it is used (fp32 copy if 8-bit).")
+@click.option(
+    "--merge", is_flag=True, help="Merge each adapter into the weights while it is used (fp32 copy if 8-bit)."
+)
 @click.option(
     "--combine",
     type=click.Choice(["linear", "cat", "ties"]),

@@ -92,8 +92,7 @@ class Transcription:
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        for key in ("languages",):
-            d[key] = {k: round(v, 4) for k, v in d[key].items()}
+        d["languages"] = {k: round(v, 4) for k, v in d["languages"].items()}
         if d["language_probability"] is not None:
             d["language_probability"] = round(d["language_probability"], 4)
         return d
@@ -605,24 +604,16 @@ class Engine:
     def _merged_copy(self, key: str):
         if self._merged_cache and self._merged_cache[0] == key:
             return self._merged_cache[1]
+        from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+
         from .base import load_model
 
         self._merged_cache = None  # free the previous copy first
-        rec = self.resident[key]
-        model = load_model(self.base.path, "none", self.base.device)
-        from peft import PeftModel
-
-        if rec.path is not None:
-            model = PeftModel.from_pretrained(model, str(rec.path)).merge_and_unload()
-        else:  # a derived (combined) adapter lives only in memory: copy its LoRA weights over
-            from peft import get_peft_model_state_dict, set_peft_model_state_dict
-
-            cfg = self.peft.peft_config[key]
-            from peft import get_peft_model
-
-            pm = get_peft_model(model, cfg, adapter_name=key)
-            set_peft_model_state_dict(pm, get_peft_model_state_dict(self.peft, adapter_name=key), adapter_name=key)
-            model = pm.merge_and_unload()
+        # the resident adapter's LoRA weights (loaded or derived by combination) go onto a float32 base, then merge
+        fp32 = load_model(self.base.path, "none", self.base.device)
+        model = get_peft_model(fp32, self.peft.peft_config[key], adapter_name=key)
+        set_peft_model_state_dict(model, get_peft_model_state_dict(self.peft, adapter_name=key), adapter_name=key)
+        model = model.merge_and_unload()
         model.eval()
         self._merged_cache = (key, model)
         return model

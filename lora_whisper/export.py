@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -36,9 +37,8 @@ def export_merged(
     model = PeftModel.from_pretrained(b.model, str(rec.path)).merge_and_unload()
     model.save_pretrained(out)
     b.processor.save_pretrained(out)
-    (out / "lora_whisper_export.json").write_text(
-        f'{{"adapter": "{rec.ref}", "base": "{b.identity.hub_id}", "fingerprint": "{b.identity.fingerprint}"}}\n'
-    )
+    meta = {"adapter": rec.ref, "base": b.identity.hub_id, "fingerprint": b.identity.fingerprint}
+    (out / "lora_whisper_export.json").write_text(json.dumps(meta) + "\n")
     paths = [out]
     if ct2:
         try:

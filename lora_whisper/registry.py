@@ -453,12 +453,16 @@ def lora_settings(config: dict) -> dict:
 
 
 def _card_metadata(readme: Path) -> dict:
-    """Language from a model card's YAML front matter (first language listed), without a YAML dependency."""
-    if not readme.is_file():
+    """Language from a model card's YAML front matter (the first one listed), read by huggingface_hub."""
+    import yaml
+    from huggingface_hub.repocard import metadata_load
+
+    try:
+        meta = metadata_load(readme) if readme.is_file() else None
+    except (OSError, ValueError, yaml.YAMLError) as e:  # an unreadable card says nothing
+        logger.warning("%s: unreadable model card metadata (%s)", readme, str(e).splitlines()[0])
         return {}
-    text = readme.read_text(errors="replace")
-    if not text.startswith("---"):
-        return {}
-    front = text.split("---", 2)[1]
-    m = re.search(r"^language:\s*(?:\n\s*-\s*)?\[?\s*([a-z]{2,3})", front, re.M)
-    return {"language": m.group(1)} if m else {}
+    language = (meta or {}).get("language")
+    if isinstance(language, list):
+        language = language[0] if language else None
+    return {"language": language} if isinstance(language, str) else {}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import logging
+import os
 import random
 import shutil
 import subprocess
@@ -161,7 +162,6 @@ def synthesize(
     import soundfile as sf
 
     cache.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
     out = []
     for i, text in enumerate(sentences):
         voice = voices[i % len(voices)]
@@ -169,9 +169,9 @@ def synthesize(
         path = cache / f"{key}.wav"
         if not path.is_file():
             audio = speak(text, voice)
-            if noise_snr_db is not None:
-                audio = add_noise(audio, noise_snr_db, rng)
-            tmp = path.with_suffix(".tmp.wav")
+            if noise_snr_db is not None:  # seeded per clip: the same noise whatever else is already cached
+                audio = add_noise(audio, noise_snr_db, np.random.default_rng(int(key, 16)))
+            tmp = path.with_suffix(f".{os.getpid()}.tmp.wav")  # data-parallel ranks may speak the same clip
             sf.write(tmp, audio, SAMPLE_RATE, subtype="PCM_16")
             tmp.replace(path)
         out.append(Example(f"{prefix}:{i}:{voice.key()}", path, text, language))
@@ -182,7 +182,7 @@ def synthesize(
 
 def read_corpus(path: Path) -> tuple[list[str], list[str]]:
     """A corpus text file: one sentence a line, '#' comments; lines after '# test' are the held-out split."""
-    train, test, cur = [], [], None
+    train, test = [], []
     cur = train
     for line in Path(path).read_text(encoding="utf-8").splitlines():
         s = line.strip()

@@ -116,16 +116,13 @@ def _encoder_cache(base: Base, examples: list[Example], data_fp: str, batch_size
     path = cache_dir() / "encoder" / f"{key[:96]}.safetensors"
     if path.is_file():
         return load_file(str(path))["hidden"]
-    fe = base.processor.feature_extractor
+    from .engine import Engine
+
+    engine = Engine(base)
     outs = []
-    dtype = base.model.model.encoder.conv1.weight.dtype
     for k in range(0, len(examples), batch_size):
         chunk = examples[k : k + batch_size]
-        feats = fe([e.audio for e in chunk], sampling_rate=16000, return_tensors="pt").input_features
-        with torch.inference_mode():
-            outs.append(
-                base.model.model.encoder(feats.to(base.device, dtype)).last_hidden_state.to("cpu", torch.float16)
-            )
+        outs.append(engine.encode(engine.features([e.audio for e in chunk])).to("cpu", torch.float16))
         if progress:
             progress(len(chunk))
     hidden = torch.cat(outs)

@@ -143,3 +143,13 @@ def test_cli_import_export_show_rm(reg, tiny_adapter_factory, tmp_path):
     assert reg.get("plain").version == 2
     assert "removed plain@1" in runner.invoke(main, base + ["adapters", "rm", "plain"]).stdout
     assert runner.invoke(main, base + ["adapters", "show", "../x"]).exit_code == 2
+
+
+def test_plain_peft_folder_takes_language_from_model_card(reg, tiny_adapter_factory, tmp_path):
+    src = tmp_path / "card-adapter"
+    shutil.copytree(tiny_adapter_factory(), src)
+    (src / "README.md").write_text("---\nlanguage:\n- de\nlibrary_name: peft\n---\n# an adapter\n")
+    assert reg.import_folder(src).language == "de"
+    (src / "README.md").write_text("---\nlanguage: [unclosed\n---\n")
+    with pytest.raises(RegistryError, match="no language in its model card: pass --language"):
+        reg.import_folder(src)

@@ -177,7 +177,7 @@ def test_last_checkpoint_skips_half_written(tmp_path):
     from lora_whisper.train import _last_checkpoint
 
     assert _last_checkpoint(tmp_path / "nothing") is None
-    for step, state in [(2, {"global_step": 2}), (4, {"global_step": 4}), (6, None), (8, "{\"global_st")]:
+    for step, state in [(2, {"global_step": 2}), (4, {"global_step": 4}), (6, None), (8, '{"global_st')]:
         ckpt = tmp_path / f"checkpoint-{step}"
         ckpt.mkdir()
         (ckpt / "adapter_model.safetensors").write_bytes(b"x")
