@@ -9,6 +9,8 @@ from pathlib import Path
 
 import yaml
 
+from .lora import TARGET_MODULES
+
 RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"
 """The project's recipes/ folder (an editable install finds it beside the package)."""
 WHISPER_LANGUAGES = (
@@ -265,9 +267,8 @@ def validate(r: Recipe) -> list[str]:
         p.append(f"lora.alpha: must be positive, got {lo.alpha!r}")
     if not isinstance(lo.dropout, (int, float)) or not 0 <= lo.dropout < 1:
         p.append(f"lora.dropout: must be in [0, 1), got {lo.dropout!r}")
-    valid_mods = {"q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"}
-    if not lo.target_modules or not set(lo.target_modules) <= valid_mods:
-        p.append(f"lora.target_modules: {lo.target_modules!r}; choose from {sorted(valid_mods)}")
+    if not lo.target_modules or not set(lo.target_modules) <= set(TARGET_MODULES):
+        p.append(f"lora.target_modules: {lo.target_modules!r}; choose from {list(TARGET_MODULES)}")
     t = r.train
     if not isinstance(t.lr, (int, float)) or t.lr <= 0:
         p.append(f"train.lr: must be positive, got {t.lr!r}")

@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 
 SCOPES = ("encoder+decoder", "decoder")
+TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
+"""Whisper's attention and FFN linears that LoRA may target."""
 
 
 def target_regex(scope: str, modules: list[str]) -> str:
@@ -13,13 +15,13 @@ def target_regex(scope: str, modules: list[str]) -> str:
     if scope not in SCOPES:
         raise ValueError(f"lora scope {scope!r} is not one of {list(SCOPES)}")
     stacks = "(encoder|decoder)" if scope == "encoder+decoder" else "decoder"
-    attn = sorted(m for m in set(modules) if m.endswith("_proj"))
-    ffn = sorted(m for m in set(modules) if m in ("fc1", "fc2"))
-    unknown = set(modules) - set(attn) - set(ffn)
+    unknown = set(modules) - set(TARGET_MODULES)
     if unknown or not modules:
         raise ValueError(
-            f"lora target modules {sorted(unknown) or modules} unknown; choose from q_proj, k_proj, v_proj, out_proj, fc1, fc2"
+            f"lora target modules {sorted(unknown) or modules} unknown; choose from {list(TARGET_MODULES)}"
         )
+    attn = sorted(m for m in set(modules) if m.endswith("_proj"))
+    ffn = sorted(m for m in set(modules) if m in ("fc1", "fc2"))
     alts = ([rf"(self_attn|encoder_attn)\.({'|'.join(attn)})"] if attn else []) + (
         [f"({'|'.join(ffn)})"] if ffn else []
     )
