@@ -557,5 +557,13 @@ def pull(ctx, repo, name, language, domain, revision):
     click.echo(f"pulled {repo} -> {rec.ref}")
 
 
+# ---- commands kept in their own modules (one owner each) --------------------------------------------------------
+from .batch import batch as _batch_command  # noqa: E402
+from .server import serve as _serve_command  # noqa: E402
+
+main.add_command(_serve_command, "serve")
+main.add_command(_batch_command, "batch")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
