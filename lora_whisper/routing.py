@@ -86,3 +86,27 @@ def route(probs: dict[str, float] | None, records: list[AdapterRecord], request:
             return Route(language, p, r.ref, why)
     what = f"({language}, {'/'.join(domains)})" if domains else language
     return Route(language, p, None, f"no adapter for {what}: base")
+
+
+# ---- adapter-consulted detection: the engine asks these two pure functions ------------------------------------------
+def should_consult(base_probs: dict[str, float], options_consult_below: float) -> bool:
+    """Whether the base is unsure enough about this audio's language to ask the candidate adapters.
+
+    Args:
+        base_probs: the base's language probabilities for the file (or segment), restricted to candidates.
+        options_consult_below: ``TranscribeOptions.consult_below``; 0 or less turns consulting off.
+    """
+    if not base_probs or options_consult_below <= 0:
+        return False
+    return max(base_probs.values()) < options_consult_below
+
+
+def accept_claim(base_probs: dict[str, float], record: AdapterRecord, own_prob: float) -> bool:
+    """Whether an adapter's claim on audio (its probability of its own language, adapter active) is accepted.
+
+    Args:
+        base_probs: the base's language probabilities for the same audio.
+        record: the claiming adapter's registry record.
+        own_prob: the adapter's probability of ``record.language`` on that audio, computed with the adapter active.
+    """
+    return own_prob >= 0.5
