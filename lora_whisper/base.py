@@ -218,6 +218,42 @@ class Base:
     """Language code -> language token id ({} for English-only models)."""
 
 
+def pick_device(device: str | None = None, env: dict | None = None, cuda_count: int | None = None) -> str:
+    """The device this process should load the base on.
+
+    Under ``torchrun`` / ``accelerate launch`` every process is told its ``LOCAL_RANK``; it must put its copy of the
+    base on its own GPU (``cuda:LOCAL_RANK``), not all on GPU 0. A bare ``cuda`` (or no device) means "this process's
+    GPU"; an explicit ``cuda:N`` or ``cpu`` is honoured as given.
+
+    Args:
+        device: ``None``/``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        env: the environment (default ``os.environ``); tests pass their own.
+        cuda_count: number of visible GPUs (default: ``torch.cuda.device_count()``).
+    """
+    env = os.environ if env is None else env
+    if cuda_count is None:
+        import torch
+
+        cuda_count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    device = (device or "auto").strip().lower()
+    if device == "cpu":
+        return "cpu"
+    if device not in ("auto", "cuda") and not (device.startswith("cuda:") and device[5:].isdigit()):
+        raise BaseModelError(f"device {device!r} is not one of ['auto', 'cpu', 'cuda', 'cuda:N']")
+    if cuda_count == 0:
+        if device == "auto":
+            return "cpu"
+        raise BaseModelError(f"device {device!r}: no CUDA GPU is visible (use --device cpu)")
+    if device.startswith("cuda:"):
+        index = int(device[5:])
+    else:
+        local = env.get("LOCAL_RANK")
+        index = int(local) if local not in (None, "") and str(local).isdigit() else 0
+    if index >= cuda_count:
+        raise BaseModelError(f"device cuda:{index}: only {cuda_count} GPU(s) visible (LOCAL_RANK={env.get('LOCAL_RANK')})")
+    return f"cuda:{index}"
+
+
 def load_model(path: str | Path, quantize: str = "int8", device: str = "cpu"):
     """Load a WhisperForConditionalGeneration from ``path``, in 8-bit (bitsandbytes) or float32."""
     import torch
@@ -251,12 +287,16 @@ def load_base(name: str = OFFLINE, quantize: str = "int8", device: str | None = 
     Args:
         name: ``"offline"`` (packaged whisper-base), a local transformers folder, or a Hub id.
         quantize: ``"int8"`` (default, bitsandbytes) or ``"none"``.
-        device: ``"cpu"`` or ``"cuda"``; default: cuda when available.
+        device: ``"cpu"``, ``"cuda"`` (this process's GPU) or ``"cuda:N"``; default: this process's GPU when one is
+            visible (``LOCAL_RANK`` under torchrun/accelerate), else cpu. See ``pick_device``.
     """
-    import torch
     from transformers import WhisperProcessor
 
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = pick_device(device)
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.set_device(device)  # bitsandbytes and NCCL use the current device
     path, hub_id = resolve_base(name)
     model = load_model(path, quantize, device)
     processor = WhisperProcessor.from_pretrained(str(path))

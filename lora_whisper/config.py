@@ -4,6 +4,8 @@ collects every problem before raising."""
 from __future__ import annotations
 
 import dataclasses
+import os
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -13,6 +15,7 @@ from .lora import TARGET_MODULES
 
 RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"
 """The project's recipes/ folder (an editable install finds it beside the package)."""
+PRECISIONS = ("fp32", "fp16", "bf16")
 WHISPER_LANGUAGES = (
     "en zh de es ru ko fr ja pt tr pl ca nl ar sv it id hi fi vi he uk el ms cs ro da hu ta no th ur hr bg lt la mi "
     "ml cy sk te fa lv bn sr az sl kn et mk br eu is hy ne mn bs kk sq sw gl mr pa si km sn yo so af oc ka be tg sd "
@@ -76,6 +79,24 @@ class DataConfig:
     """synthetic: pitch range (0-99)."""
     noise_snr_db: float | None = None
     """synthetic: add white noise at this SNR (None: clean)."""
+    max_test_out: int | None = 60
+    """synthetic: at most this many out-of-template held-out rows (corpus lines after '# test-out': templates and
+    vocabulary never used in training); they give the adapter's headline figure."""
+    split_column: str | None = None
+    """manifest: column naming each row's split (train/dev/test); rows are then taken by ``train_split`` and
+    ``test_split``, and ``train``/``test`` may name the same manifest."""
+    speaker_column: str | None = None
+    """manifest: column naming each row's speaker; the validation subset then holds whole speakers."""
+    validation: int = 0
+    """Clips held out of the TRAINING data (whole speakers when ``speaker_column`` is set, never the test split) to
+    pick the best checkpoint by WER; 0 keeps the last checkpoint."""
+    timestamps: float = 0.5
+    """synthetic: fraction of training clips whose labels carry timestamp tokens (``<|0.00|> text <|end|>``, from the
+    clip's real speech span) so adapters keep Whisper's timestamp prediction; data without times (manifests, the
+    Hub) keeps ``<|notimestamps|>``."""
+    speed_perturb: tuple[float, float] | None = None
+    """encoder+decoder: resample each training clip by a factor drawn from [low, high] (e.g. [0.9, 1.1]) every time
+    it is used; None: off. Not possible on cached encoder outputs (decoder-only)."""
 
 
 @dataclass
@@ -122,6 +143,19 @@ class TrainSettings:
     """Log loss every N steps (TensorBoard + plot)."""
     gradient_checkpointing: bool = False
     """Recompute activations in backward: less memory, ~1.2x slower step."""
+    precision: str = "fp32"
+    """fp32 | fp16 | bf16: mixed precision of the trainable path (fp16/bf16 need a GPU; bf16 needs Ampere or
+    newer). The frozen base keeps ``base.quantize``."""
+    validate_every: int = 0
+    """With ``data.validation``: validation WER every N optimizer steps (0: twice per epoch); the best checkpoint is
+    the one filed."""
+    spec_augment: bool = False
+    """SpecAugment: encoder+decoder uses transformers' ``apply_spec_augment`` (time/feature masks on the log-mel);
+    decoder-only masks spans of the cached encoder output in time."""
+    mask_time_prob: float = 0.05
+    """SpecAugment: fraction of time steps masked."""
+    mask_feature_prob: float = 0.0
+    """SpecAugment (encoder+decoder): fraction of mel channels masked."""
 
 
 @dataclass
@@ -174,8 +208,9 @@ class Recipe:
 
     def to_yaml(self) -> str:
         d = self.to_dict()
-        for key in ("speed", "pitch"):
-            d["data"][key] = list(d["data"][key])
+        for key in ("speed", "pitch", "speed_perturb"):
+            if d["data"][key] is not None:
+                d["data"][key] = list(d["data"][key])
         return yaml.safe_dump(d, sort_keys=False, allow_unicode=True)
 
 
@@ -246,15 +281,37 @@ def validate(r: Recipe) -> list[str]:
         p.append("data.corpus: required for synthetic data (a shipped corpus name or a .txt file)")
     if d.source in ("manifest", "folder"):
         for k in ("train", "test"):
-            if not getattr(d, k):
+            v = getattr(d, k)
+            if not v:
                 p.append(f"data.{k}: required for source {d.source}")
+            elif unset := _unset_vars(str(v)):
+                p.append(
+                    f"data.{k}: environment variable {unset[0]} is not set; export it or pass --set data.{k}=PATH"
+                )
+    if d.source != "manifest" and (d.split_column or d.speaker_column):
+        p.append("data.split_column/speaker_column: only for source manifest")
+    if not isinstance(d.validation, int) or d.validation < 0:
+        p.append(f"data.validation: must be 0 or a positive integer, got {d.validation!r}")
+    if not isinstance(d.timestamps, (int, float)) or not 0 <= d.timestamps <= 1:
+        p.append(f"data.timestamps: must be a fraction in [0, 1], got {d.timestamps!r}")
+    sp = d.speed_perturb
+    if sp is not None:
+        if not (
+            isinstance(sp, (tuple, list))
+            and len(sp) == 2
+            and all(isinstance(x, (int, float)) for x in sp)
+            and 0.5 <= sp[0] <= sp[1] <= 2.0
+        ):
+            p.append(f"data.speed_perturb: expected [low, high] factors within [0.5, 2.0], got {sp!r}")
+        elif r.lora.scope == "decoder":
+            p.append("data.speed_perturb: needs lora.scope encoder+decoder (decoder-only trains on cached encoder output)")
     if d.source == "hub" and not d.dataset:
         p.append("data.dataset: required for source hub")
     for k in ("speed", "pitch"):
         v = getattr(d, k)
         if not (isinstance(v, (tuple, list)) and len(v) == 2 and all(isinstance(x, int) for x in v) and v[0] <= v[1]):
             p.append(f"data.{k}: expected [low, high] integers, got {v!r}")
-    for k in ("max_train", "max_test"):
+    for k in ("max_train", "max_test", "max_test_out"):
         v = getattr(d, k)
         if v is not None and (not isinstance(v, int) or v < 1):
             p.append(f"data.{k}: must be a positive integer or null, got {v!r}")
@@ -278,6 +335,14 @@ def validate(r: Recipe) -> list[str]:
             p.append(f"train.{k}: must be a positive integer, got {v!r}")
     if not isinstance(t.max_steps, int) or (t.max_steps < 1 and t.max_steps != -1):
         p.append(f"train.max_steps: must be -1 or a positive integer, got {t.max_steps!r}")
+    if t.precision not in PRECISIONS:
+        p.append(f"train.precision: {t.precision!r} is not one of {list(PRECISIONS)}")
+    if not isinstance(t.validate_every, int) or t.validate_every < 0:
+        p.append(f"train.validate_every: must be 0 or a positive integer, got {t.validate_every!r}")
+    for k in ("mask_time_prob", "mask_feature_prob"):
+        v = getattr(t, k)
+        if not isinstance(v, (int, float)) or not 0 <= v < 1:
+            p.append(f"train.{k}: must be in [0, 1), got {v!r}")
     if t.max_steps == -1 and (not isinstance(t.epochs, (int, float)) or t.epochs <= 0):
         p.append(f"train.epochs: must be positive, got {t.epochs!r}")
     if r.output.name is not None:
@@ -286,6 +351,20 @@ def validate(r: Recipe) -> list[str]:
         if not NAME_RE.match(str(r.output.name)) or ".." in str(r.output.name):
             p.append(f"output.name: {r.output.name!r} must be lower-case letters, digits, '.', '_' or '-'")
     return p
+
+
+def _unset_vars(text: str) -> list[str]:
+    """Names of ``$VAR`` / ``${VAR}`` references in ``text`` that the environment does not define."""
+    return [m.group(1) or m.group(2) for m in _VAR_RE.finditer(text) if (m.group(1) or m.group(2)) not in os.environ]
+
+
+_VAR_RE = re.compile(r"\$\{(\w+)\}|\$(\w+)")
+
+
+def expand_path(value: str | None) -> str | None:
+    """A data path with ``$VAR``/``${VAR}`` and ``~`` expanded (recipes name user-specific paths through the
+    environment)."""
+    return os.path.expanduser(os.path.expandvars(value)) if value else value
 
 
 def load_recipe(path: str | Path | None = None, overrides: list[str] | None = None, **fields) -> Recipe:

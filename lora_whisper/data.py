@@ -36,6 +36,10 @@ class Example:
     audio: str | Path | np.ndarray
     text: str
     language: str | None = None
+    speaker: str | None = None
+    """Speaker id, when the source has one (validation subsets hold whole speakers)."""
+    timed: bool = False
+    """The clip is one utterance whose speech span is its segment (synthetic speech): it may get timestamped labels."""
 
     def load(self) -> np.ndarray:
         if isinstance(self.audio, np.ndarray):
@@ -85,19 +89,33 @@ def load_manifest(
     text_column: str = "text",
     language_column: str = "lang",
     language: str | None = None,
+    split: str | None = None,
+    split_column: str | None = None,
+    speaker_column: str | None = None,
 ) -> Loaded:
-    """Rows of a JSONL or CSV manifest; audio paths are relative to the manifest's folder."""
+    """Rows of a JSONL or CSV manifest; audio paths are relative to the manifest's folder.
+
+    Args:
+        split, split_column: keep only rows whose ``split_column`` equals ``split`` (one manifest, several splits).
+        speaker_column: column holding the speaker id (kept on each example).
+    """
     path = Path(path)
     rows = _rows_from_manifest(path)
     if rows:
         keys = set().union(*(r.keys() for _, r in rows if "__error__" not in r))
-        for col in (audio_column, text_column):
-            if keys and col not in keys:
+        for col in (audio_column, text_column, split_column, speaker_column):
+            if keys and col and col not in keys:
                 raise DataError(f"{path}: no column {col!r}; columns are {sorted(keys)}")
+        if split_column and split:
+            have = sorted({str(r.get(split_column)) for _, r in rows if "__error__" not in r})
+            if split not in have:
+                raise DataError(f"{path}: no rows with {split_column}={split!r}; splits are {have}")
     out = Loaded()
     for rid, row in rows:
         if "__error__" in row:
             out.rejected.append(Rejected(rid, row["__error__"]))
+            continue
+        if split_column and split and str(row.get(split_column)) != split:
             continue
         audio = row.get(audio_column)
         if isinstance(audio, dict):  # {"path": ...} as in Hugging Face exports
@@ -105,12 +123,46 @@ def load_manifest(
         if not audio:
             out.rejected.append(Rejected(rid, f"empty {audio_column!r}"))
             continue
+        speaker = row.get(speaker_column) if speaker_column else None
         out.examples.append(
             Example(
-                rid, path.parent / str(audio), str(row.get(text_column) or ""), row.get(language_column) or language
+                rid,
+                path.parent / str(audio),
+                str(row.get(text_column) or ""),
+                row.get(language_column) or language,
+                None if speaker in (None, "") else str(speaker),
             )
         )
     return out
+
+
+def hold_out_speakers(examples: list[Example], n: int, seed: int = 0) -> tuple[list[Example], list[Example]]:
+    """Split ``examples`` into (train, validation) with about ``n`` validation clips.
+
+    Validation takes whole speakers (never a clip of a speaker who stays in training), skipping speakers who hold
+    more than a tenth of the data; examples without speakers are drawn clip by clip. Seeded, so resumes agree.
+    """
+    import random
+
+    if n <= 0 or not examples:
+        return examples, []
+    rng = random.Random(seed)
+    by_spk: dict[str, list[int]] = {}
+    loose = []
+    for i, ex in enumerate(examples):
+        (by_spk.setdefault(ex.speaker, []) if ex.speaker else loose).append(i)
+    chosen: set[int] = set()
+    speakers = sorted(s for s, idx in by_spk.items() if len(idx) <= max(1, len(examples) // 10))
+    rng.shuffle(speakers)
+    for s in speakers:
+        if len(chosen) >= n:
+            break
+        chosen.update(by_spk[s])
+    if len(chosen) < n and loose:
+        chosen.update(rng.sample(loose, min(len(loose), n - len(chosen))))
+    if len(chosen) >= len(examples):
+        raise DataError(f"validation subset of {n} clips would leave no training data ({len(examples)} clips)")
+    return [e for i, e in enumerate(examples) if i not in chosen], [e for i, e in enumerate(examples) if i in chosen]
 
 
 def load_folder(path: str | Path, language: str | None = None, text_column: str = "transcription") -> Loaded:
@@ -220,7 +272,7 @@ def validate(loaded: Loaded, tokenizer=None, max_seconds: float = MAX_SECONDS) -
         if tokenizer is not None and len(tokenizer(ex.text).input_ids) > MAX_LABEL_TOKENS:
             out.rejected.append(Rejected(ex.id, f"transcript over {MAX_LABEL_TOKENS} tokens"))
             continue
-        out.examples.append(Example(ex.id, audio, ex.text, ex.language))
+        out.examples.append(Example(ex.id, audio, ex.text, ex.language, ex.speaker, ex.timed))
     for r in out.rejected[len(loaded.rejected) :]:
         logger.warning("skipped %s: %s", r.id, r.reason)
     return out

@@ -91,7 +91,21 @@ def check_safetensors(path: Path) -> None:
         if isinstance(e, RegistryError):
             raise
         raise RegistryError(f"{path}: unreadable safetensors file ({e})") from e
-    end = max((int(t["data_offsets"][1]) for k, t in header.items() if k != "__metadata__"), default=0)
+    if not isinstance(header, dict):
+        raise RegistryError(f"{path}: malformed safetensors header (a JSON {type(header).__name__}, not an object)")
+    end = 0
+    for k, t in header.items():
+        if k == "__metadata__":
+            continue
+        offsets = t.get("data_offsets") if isinstance(t, dict) else None
+        if not (
+            isinstance(offsets, list)
+            and len(offsets) == 2
+            and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in offsets)
+            and offsets[0] <= offsets[1]
+        ):
+            raise RegistryError(f"{path}: malformed safetensors header (tensor {k!r} has no valid data_offsets)")
+        end = max(end, offsets[1])
     if 8 + n + end != size:
         raise RegistryError(f"{path}: truncated safetensors file (header expects {8 + n + end} bytes, file has {size})")
     if not any(k != "__metadata__" for k in header):
@@ -148,6 +162,9 @@ class AdapterRecord:
     """ISO-8601 UTC time the version was filed."""
     source: str | None = None
     """Where it came from: ``train``, a path, or ``hf://user/repo``."""
+    inactive_reason: str | None = None
+    """Set when the adapter must not be routed to (e.g. not better than the base on its held-out set); routing never
+    picks it, ``--adapter NAME`` still forces it. None: routable."""
     path: Path | None = None
     """The version's folder (not stored in the file)."""
     active: bool = False
@@ -160,6 +177,18 @@ class AdapterRecord:
     @property
     def decoder_only(self) -> bool:
         return self.lora.get("scope") == "decoder"
+
+    @property
+    def routable(self) -> bool:
+        """Active and not held back: automatic routing may pick it."""
+        return self.active and not self.inactive_reason
+
+    @property
+    def figures(self) -> str:
+        """What the headline metrics are measured on, e.g. ``real dev`` or ``synthetic-out-of-template test-out``."""
+        m = self.metrics or {}
+        kind, split = m.get("kind"), m.get("split")
+        return " ".join(str(x) for x in (kind, split) if x) or "unknown"
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -179,6 +208,13 @@ class AdapterRecord:
             missing.append("base.hub_id")
         if missing:
             raise RegistryError(f"{path}: missing field(s) {', '.join(missing)}")
+        wrong = [
+            f"{k} ({type(data[k]).__name__}, expected {' or '.join(t.__name__ for t in types)})"
+            for k, types in FIELD_TYPES.items()
+            if k in data and data[k] is not None and not _has_type(data[k], types)
+        ]
+        if wrong:
+            raise RegistryError(f"{path}: wrong type for field(s) {', '.join(wrong)}")
         known = {f for f in cls.__dataclass_fields__ if f not in ("path", "active")}
         return cls(**{k: v for k, v in data.items() if k in known}, path=path.parent)
 
@@ -187,6 +223,30 @@ class AdapterRecord:
         d.pop("path")
         d.pop("active")
         _write_atomic(folder / METADATA_FILE, json.dumps(d, indent=2, ensure_ascii=False) + "\n")
+
+
+FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "name": (str,),
+    "version": (int,),
+    "language": (str,),
+    "base": (dict,),
+    "domain": (str,),
+    "lora": (dict,),
+    "metrics": (dict,),
+    "recipe": (dict,),
+    "data_fingerprint": (str,),
+    "train_seconds": (int, float),
+    "created": (str,),
+    "source": (str,),
+    "inactive_reason": (str,),
+}
+"""The JSON type each metadata field must have (None is allowed for the optional ones)."""
+
+
+def _has_type(value, types: tuple[type, ...]) -> bool:
+    if isinstance(value, bool):  # JSON true is not a version number or a duration
+        return bool in types
+    return isinstance(value, types)
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -230,22 +290,34 @@ class Registry:
     def scan(self) -> tuple[list[AdapterRecord], list[Problem]]:
         """All valid versions (sorted by name, version) and the problems found; never raises for bad folders."""
         records, problems = [], []
-        if not self.root.is_dir():
+        try:
+            families = sorted(self.root.iterdir()) if self.root.is_dir() else []
+        except OSError as e:  # the registry itself vanished or is unreadable
+            logger.warning("registry %s: unreadable (%s)", self.root, e)
             return records, problems
-        for fam in sorted(self.root.iterdir()):
+        for fam in families:
             if fam.name.startswith(".") or not fam.is_dir():
                 continue
             if not NAME_RE.match(fam.name):
                 problems.append(Problem(str(fam), "folder name is not a valid adapter name"))
                 continue
             fam_records = []
-            for vdir in sorted(fam.iterdir(), key=lambda p: (len(p.name), p.name)):
+            try:  # a family removed while we scan is simply gone
+                versions = sorted(fam.iterdir(), key=lambda p: (len(p.name), p.name))
+            except OSError:
+                continue
+            for vdir in versions:
                 if not vdir.is_dir() or vdir.name.startswith("."):
                     continue
                 try:
                     rec = self._read_version(fam.name, vdir)
                 except RegistryError as e:
-                    problems.append(Problem(str(vdir), str(e)))
+                    if vdir.exists():  # vanished mid-scan (rm, or an atomic replace): not a problem to report
+                        problems.append(Problem(str(vdir), str(e)))
+                    continue
+                except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:  # never raise for one folder
+                    if vdir.exists():
+                        problems.append(Problem(str(vdir), f"unreadable ({type(e).__name__}: {e})"))
                     continue
                 fam_records.append(rec)
             if fam_records:
@@ -253,8 +325,10 @@ class Registry:
                 for r in fam_records:
                     r.active = r.version == active
                 records.extend(fam_records)
-            elif not any(p.path.startswith(str(fam)) for p in problems):
+            elif fam.is_dir() and not any(p.path.startswith(str(fam)) for p in problems):
                 problems.append(Problem(str(fam), "no adapter versions inside"))
+        for p in problems:
+            logger.warning("registry: skipped %s: %s", p.path, p.message)
         return records, problems
 
     def _read_version(self, name: str, vdir: Path) -> AdapterRecord:
@@ -305,8 +379,13 @@ class Registry:
                 return r
         return None
 
+    def routable(self) -> list[AdapterRecord]:
+        """The active versions that automatic routing may pick (not held back by ``inactive_reason``)."""
+        return [r for r in self.active() if r.routable]
+
     def languages(self) -> set[str]:
-        return {r.language for r in self.active()}
+        """Languages that have a routable adapter."""
+        return {r.language for r in self.routable()}
 
     # ---- writing -------------------------------------------------------------------------------------------
     @contextlib.contextmanager

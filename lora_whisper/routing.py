@@ -74,7 +74,7 @@ def route(probs: dict[str, float] | None, records: list[AdapterRecord], request:
         return Route(None, None, None, "no language (English-only base)")
     if p is not None and p < request.threshold:
         return Route(language, p, None, f"language probability {p:.2f} below threshold {request.threshold}")
-    active = [r for r in records if r.active]
+    active = [r for r in records if r.routable]  # held-back adapters (inactive_reason) are only used when forced
     domains = [request.domain] if isinstance(request.domain, str) else list(request.domain or [])
     for domain in domains:
         for r in active:
@@ -109,4 +109,6 @@ def accept_claim(base_probs: dict[str, float], record: AdapterRecord, own_prob: 
         record: the claiming adapter's registry record.
         own_prob: the adapter's probability of ``record.language`` on that audio, computed with the adapter active.
     """
+    if not record.routable:
+        return False
     return own_prob >= 0.5

@@ -174,24 +174,49 @@ def synthesize(
             tmp = path.with_suffix(f".{os.getpid()}.tmp.wav")  # data-parallel ranks may speak the same clip
             sf.write(tmp, audio, SAMPLE_RATE, subtype="PCM_16")
             tmp.replace(path)
-        out.append(Example(f"{prefix}:{i}:{voice.key()}", path, text, language))
+        out.append(Example(f"{prefix}:{i}:{voice.key()}", path, text, language, timed=True))
         if progress:
             progress(1)
     return out
 
 
-def read_corpus(path: Path) -> tuple[list[str], list[str]]:
-    """A corpus text file: one sentence a line, '#' comments; lines after '# test' are the held-out split."""
-    train, test = [], []
-    cur = train
+def read_corpus_splits(path: Path) -> dict[str, list[str]]:
+    """A corpus text file's splits: ``train``; ``test`` (lines after '# test': held out, same templates as training);
+    ``test-out`` (lines after '# test-out': templates and vocabulary never used in training)."""
+    splits: dict[str, list[str]] = {"train": [], "test": [], "test-out": []}
+    cur = splits["train"]
     for line in Path(path).read_text(encoding="utf-8").splitlines():
         s = line.strip()
-        if s.lower() == "# test":
-            cur = test
+        if s.lower() in ("# test", "# test-out"):
+            cur = splits[s.lower()[2:]]
             continue
         if s and not s.startswith("#"):
             cur.append(s)
-    return train, test
+    return splits
+
+
+def read_corpus(path: Path) -> tuple[list[str], list[str]]:
+    """(train, in-template held-out) sentences of a corpus file (see ``read_corpus_splits``)."""
+    splits = read_corpus_splits(path)
+    return splits["train"], splits["test"]
+
+
+def speech_span(audio: np.ndarray, rel: float = 0.02, step: float = 0.02) -> tuple[float, float]:
+    """(start, end) seconds of the speech in a one-utterance clip: first and last 10 ms frame whose peak is above
+    ``rel`` of the clip's peak, rounded outwards to Whisper's 20 ms timestamp grid."""
+    import math
+
+    frame = SAMPLE_RATE // 100
+    n = len(audio) // frame
+    if n == 0:
+        return 0.0, 0.0
+    peaks = np.abs(audio[: n * frame]).reshape(n, frame).max(1)
+    voiced = np.flatnonzero(peaks > rel * (peaks.max() or 1.0))
+    if voiced.size == 0:
+        return 0.0, 0.0
+    start = math.floor(voiced[0] * 0.01 / step) * step
+    end = math.ceil((voiced[-1] + 1) * 0.01 / step) * step
+    return round(start, 2), round(min(end, len(audio) / SAMPLE_RATE, 30.0), 2)
 
 
 def corpus_path(name: str) -> Path:

@@ -14,9 +14,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .base import Base, cache_dir, cache_get, cache_put, load_base
-from .config import Recipe
-from .data import Example, Loaded, fingerprint, load_folder, load_hub, load_manifest, validate
+from .base import Base, cache_dir, cache_get, cache_put, load_base, pick_device
+from .config import Recipe, expand_path
+from .data import Example, Loaded, fingerprint, hold_out_speakers, load_folder, load_hub, load_manifest, validate
 from .registry import AdapterRecord, Registry
 from .scoring import Score
 
@@ -42,41 +42,95 @@ def _rank() -> int:
 
 
 # ---- data ------------------------------------------------------------------------------------------------------
-def load_data(recipe: Recipe, progress=None) -> tuple[Loaded, Loaded]:
-    """(train, test) examples for a recipe, not yet validated."""
+KIND_REAL = "real"
+KIND_IN_TEMPLATE = "synthetic-in-template"
+KIND_OUT_OF_TEMPLATE = "synthetic-out-of-template"
+DATA_KINDS = (KIND_REAL, KIND_IN_TEMPLATE, KIND_OUT_OF_TEMPLATE)
+"""What a held-out figure is measured on: real recordings, or synthetic speech of sentences from the training
+templates (in-template) or from templates and vocabulary never used in training (out-of-template)."""
+
+
+@dataclass
+class HeldOut:
+    """One held-out set: its examples and what they are."""
+
+    kind: str
+    """One of DATA_KINDS."""
+    split: str
+    """Which split: ``dev``, ``test``, ``test-out``, a manifest's file name."""
+    data: Loaded
+
+
+def load_splits(recipe: Recipe, progress=None) -> tuple[Loaded, list[HeldOut]]:
+    """Training examples and the held-out sets (the first one gives the adapter's headline figure), not yet
+    validated. Synthetic corpora give the out-of-template set first, then the in-template one."""
     d = recipe.data
     lang = recipe.language
     if d.source == "synthetic":
-        from .synth import TEST_VARIANTS, TRAIN_VARIANTS, corpus_path, read_corpus, synthesize, voices_for
+        from .synth import TEST_VARIANTS, TRAIN_VARIANTS, corpus_path, read_corpus_splits, synthesize, voices_for
 
-        train_text, test_text = read_corpus(corpus_path(d.corpus))
-        if not test_text:
-            raise ValueError(f"data.corpus {d.corpus}: no held-out sentences (add a '# test' line)")
-        train_text, test_text = train_text[: d.max_train], test_text[: d.max_test]
+        splits = read_corpus_splits(corpus_path(d.corpus))
+        if not splits["test"] and not splits["test-out"]:
+            raise ValueError(f"data.corpus {d.corpus}: no held-out sentences (add a '# test' or '# test-out' line)")
         seed = recipe.train.seed
         tv = voices_for(lang, TRAIN_VARIANTS, d.speed, d.pitch, d.train_voices, seed)
         ev = voices_for(lang, TEST_VARIANTS, d.speed, d.pitch, d.test_voices, seed + 1)
         cache = cache_dir() / "tts" / lang
         train = synthesize(
-            train_text, lang, tv, cache, d.noise_snr_db, seed, prefix=f"{d.corpus}:train", progress=progress
+            splits["train"][: d.max_train], lang, tv, cache, d.noise_snr_db, seed, f"{d.corpus}:train", progress
         )
-        test = synthesize(
-            test_text, lang, ev, cache, d.noise_snr_db, seed + 1, prefix=f"{d.corpus}:test", progress=progress
-        )
-        return Loaded(train), Loaded(test)
+        held = []
+        for split, kind, cap in (("test-out", KIND_OUT_OF_TEMPLATE, d.max_test_out), ("test", KIND_IN_TEMPLATE, d.max_test)):
+            if splits[split] and cap != 0:
+                ex = synthesize(
+                    splits[split][:cap], lang, ev, cache, d.noise_snr_db, seed + 1, f"{d.corpus}:{split}", progress
+                )
+                held.append(HeldOut(kind, split, Loaded(ex)))
+        return Loaded(train), held
     if d.source == "manifest":
-        return (
-            load_manifest(d.train, d.audio_column, d.text_column, language=lang),
-            load_manifest(d.test, d.audio_column, d.text_column, language=lang),
+        train_path, test_path = expand_path(d.train), expand_path(d.test)
+        split_col = d.split_column
+        train = load_manifest(
+            train_path,
+            d.audio_column,
+            d.text_column,
+            language=lang,
+            split=d.train_split if split_col else None,
+            split_column=split_col,
+            speaker_column=d.speaker_column,
         )
+        test = load_manifest(
+            test_path,
+            d.audio_column,
+            d.text_column,
+            language=lang,
+            split=d.test_split if split_col else None,
+            split_column=split_col,
+            speaker_column=d.speaker_column,
+        )
+        if split_col and Path(train_path).resolve() == Path(test_path).resolve() and d.train_split == d.test_split:
+            raise ValueError(f"data.test_split: {d.test_split!r} is also the training split")
+        return train, [HeldOut(KIND_REAL, d.test_split if split_col else Path(test_path).name, test)]
     if d.source == "folder":
-        return load_folder(d.train, language=lang, text_column=d.text_column), load_folder(
-            d.test, language=lang, text_column=d.text_column
-        )
+        return load_folder(expand_path(d.train), language=lang, text_column=d.text_column), [
+            HeldOut(KIND_REAL, Path(expand_path(d.test)).name, load_folder(expand_path(d.test), lang, d.text_column))
+        ]
     return (
         load_hub(d.dataset, d.config, d.train_split, d.audio_column, d.text_column, lang, d.max_train),
-        load_hub(d.dataset, d.config, d.test_split, d.audio_column, d.text_column, lang, d.max_test),
+        [
+            HeldOut(
+                KIND_REAL,
+                d.test_split,
+                load_hub(d.dataset, d.config, d.test_split, d.audio_column, d.text_column, lang, d.max_test),
+            )
+        ],
     )
+
+
+def load_data(recipe: Recipe, progress=None) -> tuple[Loaded, Loaded]:
+    """(train, headline held-out) examples for a recipe, not yet validated."""
+    train, held = load_splits(recipe, progress)
+    return train, held[0].data
 
 
 def _cap(loaded: Loaded, n: int | None) -> Loaded:
@@ -84,10 +138,18 @@ def _cap(loaded: Loaded, n: int | None) -> Loaded:
 
 
 class _Collator:
-    """Pads label ids with -100 and drops the leading <|startoftranscript|> (the model prepends it when shifting)."""
+    """Pads label ids with -100 and drops the leading <|startoftranscript|> (the model prepends it when shifting).
 
-    def __init__(self, sot: int):
+    With ``time_mask`` > 0 (decoder-only SpecAugment), spans of 10 cached encoder frames are zeroed so that about
+    that fraction of each clip's frames is masked; ``seed`` makes the masks reproducible.
+    """
+
+    def __init__(self, sot: int, time_mask: float = 0.0, seed: int = 0):
         self.sot = sot
+        self.time_mask = time_mask
+        import random
+
+        self.rng = random.Random(seed)
 
     def __call__(self, rows: list[dict]) -> dict:
         import torch
@@ -101,7 +163,14 @@ class _Collator:
             padded[i, : len(lab)] = torch.tensor(lab)
         batch = {"labels": padded}
         if "encoder_hidden" in rows[0]:
-            batch["encoder_outputs"] = (torch.stack([torch.as_tensor(r["encoder_hidden"]) for r in rows]).float(),)
+            hidden = torch.stack([torch.as_tensor(r["encoder_hidden"]) for r in rows]).float()
+            if self.time_mask > 0:
+                frames, span = hidden.shape[1], 10
+                for row in hidden:
+                    for _ in range(int(self.time_mask * frames / span)):
+                        s0 = self.rng.randrange(0, max(1, frames - span))
+                        row[s0 : s0 + span] = 0
+            batch["encoder_outputs"] = (hidden,)
         else:
             batch["input_features"] = torch.stack([torch.as_tensor(r["input_features"]) for r in rows])
         return batch
@@ -133,25 +202,94 @@ def _encoder_cache(base: Base, examples: list[Example], data_fp: str, batch_size
     return hidden
 
 
-def _dataset(base: Base, examples: list[Example], language: str, encoder_hidden=None):
-    """A ``datasets.Dataset`` whose rows become log-mel features (or cached encoder output) + label ids on access."""
+def timestamp_token(tokenizer, seconds: float) -> int:
+    """The id of Whisper's ``<|x.xx|>`` timestamp token nearest to ``seconds`` (20 ms grid, 0-30 s)."""
+    t = min(max(round(seconds / 0.02) * 0.02, 0.0), 30.0)
+    tid = tokenizer.convert_tokens_to_ids(f"<|{t:.2f}|>")
+    if tid is None or tid == tokenizer.unk_token_id:
+        raise ValueError(f"the tokenizer has no timestamp token <|{t:.2f}|>")
+    return tid
+
+
+def label_ids(tokenizer, example: Example, language: str, timestamped: bool) -> list[int]:
+    """Whisper's training target for one clip.
+
+    ``<|sot|><|lang|><|transcribe|><|notimestamps|> text<|eot|>``, or, when ``timestamped`` (the clip knows its speech
+    span: synthetic speech), ``<|sot|><|lang|><|transcribe|><|start|> text<|end|><|eot|>`` with the span's times, the
+    segment format Whisper's long-form decoding predicts. Mixing both keeps an adapter's timestamp prediction
+    (training on ``<|notimestamps|>`` only can break it: transformers #30148).
+    """
+    if not timestamped:
+        tokenizer.set_prefix_tokens(language=language, task="transcribe", predict_timestamps=False)
+        return tokenizer(example.text).input_ids
+    from .synth import speech_span
+
+    start, end = speech_span(example.load())
+    tokenizer.set_prefix_tokens(language=language, task="transcribe", predict_timestamps=True)
+    prefix = tokenizer("", add_special_tokens=True).input_ids[:-1]  # sot, lang, task (no eot)
+    text = tokenizer(" " + example.text.strip(), add_special_tokens=False).input_ids
+    eot = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    tokenizer.set_prefix_tokens(language=language, task="transcribe", predict_timestamps=False)
+    return prefix + [timestamp_token(tokenizer, start)] + text + [timestamp_token(tokenizer, end), eot]
+
+
+def timestamped_rows(examples: list[Example], fraction: float, seed: int) -> set[int]:
+    """Indices of the examples that get timestamped labels: ``fraction`` of those that know their times, seeded."""
+    import random
+
+    timed = [i for i, e in enumerate(examples) if e.timed]
+    k = round(fraction * len(timed))
+    return set(random.Random(seed).sample(timed, k)) if k else set()
+
+
+def _speed(audio, factor: float):
+    """Speed perturbation (tempo and pitch, as Kaldi's): resample as if recorded at ``16 kHz x factor``."""
+    import numpy as np
+    import soxr
+
+    if abs(factor - 1.0) < 1e-3:
+        return audio
+    return soxr.resample(audio, 16000 * factor, 16000).astype(np.float32)
+
+
+def _dataset(
+    base: Base,
+    examples: list[Example],
+    language: str,
+    encoder_hidden=None,
+    timestamped: set[int] | None = None,
+    speed_perturb: tuple[float, float] | None = None,
+    seed: int = 0,
+):
+    """A ``datasets.Dataset`` whose rows become log-mel features (or cached encoder output) + label ids on access.
+
+    Rows in ``timestamped`` get timestamped labels; with ``speed_perturb`` every access resamples the clip by a
+    random factor in that range (timestamped rows excepted: their times would no longer hold).
+    """
+    import random
+
     import datasets
 
     tok = base.processor.tokenizer
-    tok.set_prefix_tokens(language=language, task="transcribe", predict_timestamps=False)
-    labels = [tok(e.text).input_ids for e in examples]
+    timestamped = timestamped or set()
+    labels = [label_ids(tok, e, language, i in timestamped) for i, e in enumerate(examples)]
     ds = datasets.Dataset.from_dict({"idx": list(range(len(examples))), "labels": labels})
     fe = base.processor.feature_extractor
     audio = [e.audio for e in examples]
+    rng = random.Random(seed)
 
     def transform(batch):
         out = {"labels": batch["labels"]}
         if encoder_hidden is not None:
             out["encoder_hidden"] = [encoder_hidden[i] for i in batch["idx"]]
         else:
-            out["input_features"] = list(
-                fe([audio[i] for i in batch["idx"]], sampling_rate=16000, return_tensors="pt").input_features
-            )
+            clips = [audio[i] for i in batch["idx"]]
+            if speed_perturb:
+                clips = [
+                    c if i in timestamped else _speed(c, rng.uniform(*speed_perturb))
+                    for i, c in zip(batch["idx"], clips)
+                ]
+            out["input_features"] = list(fe(clips, sampling_rate=16000, return_tensors="pt").input_features)
         return out
 
     return ds.with_transform(transform)
@@ -213,13 +351,23 @@ def _plot(log_history: list[dict], before: Score | None, after: Score | None, ou
 
 # ---- training --------------------------------------------------------------------------------------------------
 def train(
-    recipe: Recipe, registry: Registry, resume: bool = False, progress: bool = True, base: Base | None = None
+    recipe: Recipe,
+    registry: Registry,
+    resume: bool = False,
+    progress: bool = True,
+    base: Base | None = None,
+    device: str | None = None,
 ) -> TrainResult:
     """Train a LoRA adapter as the recipe says, evaluate before/after, and file it in ``registry``.
+
+    An adapter that is not better than the base on its headline held-out set is filed with ``inactive_reason`` (a
+    warning says so): routing never picks it, ``--adapter NAME`` still forces it.
 
     Args:
         resume: continue from the last checkpoint in the run folder (after a crash or a kill).
         base: an already loaded base to train on (tests); by default it is loaded from the recipe.
+        device: ``cpu``, ``cuda`` or ``cuda:N``; default: this process's own GPU under torchrun/accelerate
+            (``LOCAL_RANK``), else cuda when available, else cpu (see ``base.pick_device``).
     """
     from peft import get_peft_model, prepare_model_for_kbit_training
     from transformers import Trainer, TrainingArguments, set_seed
@@ -236,37 +384,61 @@ def train(
                 shutil.rmtree(c, ignore_errors=True)
     run_dir.mkdir(parents=True, exist_ok=True)
 
+    # placement first: under torchrun / accelerate each process loads the base on its own GPU
+    device = device or (base.device if base is not None else pick_device(None))
+    _check_precision(recipe.train.precision, device)
     # data: decode, check and drop bad rows once
     bar = _bar(progress, "prepare data")
-    base = base or load_base(recipe.base.model, recipe.base.quantize)
-    train_raw, test_raw = load_data(recipe, progress=bar.update if bar is not None else None)
-    train_set = validate(_cap(train_raw, recipe.data.max_train), base.processor.tokenizer)
-    test_set = validate(_cap(test_raw, recipe.data.max_test), base.processor.tokenizer)
+    base = base or load_base(recipe.base.model, recipe.base.quantize, device)
+    train_raw, held_raw = load_splits(recipe, progress=bar.update if bar is not None else None)
+    train_all = validate(_cap(train_raw, recipe.data.max_train), base.processor.tokenizer)
+    held = [HeldOut(h.kind, h.split, validate(h.data, base.processor.tokenizer)) for h in held_raw]
+    if recipe.data.source != "synthetic":
+        held = [HeldOut(h.kind, h.split, _cap(h.data, recipe.data.max_test)) for h in held]
     if bar is not None:
         bar.close()
-    if not train_set.examples or not test_set.examples:
+    rejected = train_all.rejected + [r for h in held for r in h.data.rejected]
+    if not train_all.examples or not held or not held[0].data.examples:
         raise ValueError(
-            f"no usable {'training' if not train_set.examples else 'held-out'} rows "
-            f"({len(train_set.rejected) + len(test_set.rejected)} rejected)"
+            f"no usable {'training' if not train_all.examples else 'held-out'} rows ({len(rejected)} rejected)"
         )
-    data_fp = fingerprint(train_set.examples + test_set.examples)
-    logger.info("data: %d train / %d held-out clips (%s)", len(train_set.examples), len(test_set.examples), data_fp)
+    train_examples, val_examples = hold_out_speakers(train_all.examples, recipe.data.validation, recipe.train.seed)
+    test_set = held[0].data
+    data_fp = fingerprint(train_all.examples + [e for h in held for e in h.data.examples])
+    logger.info(
+        "data: %d train / %d validation (train speakers) / %s held-out clips (%s)",
+        len(train_examples),
+        len(val_examples),
+        " + ".join(f"{len(h.data.examples)} {h.kind} {h.split}" for h in held),
+        data_fp,
+    )
 
-    before = None
+    befores: list[Score | None] = [None] * len(held)
     if not recipe.eval.skip_before and _rank() == 0:
-        before = _cached_before(base, test_set.examples, recipe, data_fp)
-        logger.info("before: WER %.3f CER %.3f", before.wer, before.cer)
+        befores = [_cached_before(base, h.data.examples, recipe, data_fp + h.split) for h in held]
+        for h, b in zip(held, befores):
+            logger.info("before (%s %s): WER %.3f CER %.3f", h.kind, h.split, b.wer, b.cer)
+    before = befores[0]
 
     # model: frozen (8-bit) base + LoRA
-    encoder_hidden = None
+    encoder_hidden = val_hidden = None
     if recipe.lora.scope == "decoder":
-        bar = _bar(progress, "encoder cache", len(train_set.examples))
-        encoder_hidden = _encoder_cache(
-            base, train_set.examples, data_fp, recipe.eval.batch_size, bar.update if bar is not None else None
+        bar = _bar(progress, "encoder cache", len(train_examples) + len(val_examples))
+        hidden = _encoder_cache(
+            base,
+            train_examples + val_examples,
+            data_fp + f"|val{recipe.data.validation}",
+            recipe.eval.batch_size,
+            bar.update if bar is not None else None,
         )
+        encoder_hidden, val_hidden = hidden[: len(train_examples)], hidden[len(train_examples) :]
         if bar is not None:
             bar.close()
     model = base.model
+    if recipe.train.spec_augment and recipe.lora.scope != "decoder":
+        model.config.apply_spec_augment = True
+        model.config.mask_time_prob = recipe.train.mask_time_prob
+        model.config.mask_feature_prob = recipe.train.mask_feature_prob
     if base.quantize == "int8":
         model = prepare_model_for_kbit_training(
             model,
@@ -280,6 +452,17 @@ def train(
     trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
     logger.info("LoRA %s r=%d: %d trainable parameters", recipe.lora.scope, recipe.lora.r, trainable)
 
+    stamped = timestamped_rows(train_examples, recipe.data.timestamps, recipe.train.seed)
+    train_ds = _dataset(
+        base,
+        train_examples,
+        recipe.language,
+        encoder_hidden,
+        timestamped=stamped,
+        speed_perturb=tuple(recipe.data.speed_perturb) if recipe.data.speed_perturb else None,
+        seed=recipe.train.seed,
+    )
+    steps_per_epoch = max(1, -(-len(train_examples) // (recipe.train.batch_size * recipe.train.grad_accum)))
     args = TrainingArguments(
         output_dir=str(run_dir),
         per_device_train_batch_size=recipe.train.batch_size,
@@ -296,8 +479,10 @@ def train(
         save_total_limit=recipe.train.save_total_limit,
         seed=recipe.train.seed,
         report_to=["tensorboard"],
-        use_cpu=base.device == "cpu",
-        ddp_backend="gloo" if base.device == "cpu" and int(os.environ.get("WORLD_SIZE", "1")) > 1 else None,
+        use_cpu=not str(device).startswith("cuda"),
+        fp16=recipe.train.precision == "fp16",
+        bf16=recipe.train.precision == "bf16",
+        ddp_backend="gloo" if device == "cpu" and int(os.environ.get("WORLD_SIZE", "1")) > 1 else None,
         ddp_find_unused_parameters=False,
         remove_unused_columns=False,
         label_names=["labels"],
@@ -307,12 +492,20 @@ def train(
         disable_tqdm=not progress,
         save_only_model=False,
     )
+    sot = base.processor.tokenizer.convert_tokens_to_ids("<|startoftranscript|>")
     trainer = Trainer(
         model=peft_model,
         args=args,
-        train_dataset=_dataset(base, train_set.examples, recipe.language, encoder_hidden),
-        data_collator=_Collator(base.processor.tokenizer.convert_tokens_to_ids("<|startoftranscript|>")),
+        train_dataset=train_ds,
+        data_collator=_Collator(
+            sot, recipe.train.mask_time_prob if recipe.train.spec_augment and encoder_hidden is not None else 0.0
+        ),
     )
+    best = None
+    if val_examples:
+        every = recipe.train.validate_every or max(1, steps_per_epoch // 2)
+        best = _BestCheckpoint(base, peft_model, val_examples, val_hidden, recipe, run_dir, every)
+        trainer.add_callback(best.callback())
     last = _last_checkpoint(run_dir) if resume else None
     if resume and last is None:
         logger.warning("--resume: no checkpoint in %s; starting from step 0", run_dir)
@@ -323,9 +516,9 @@ def train(
     out = trainer.train(resume_from_checkpoint=str(last) if last else None)
     seconds = time.perf_counter() - t0 + previous
     if _rank() != 0:
-        return TrainResult(
-            None, before, None, seconds, out.global_step, run_dir, train_set.rejected + test_set.rejected
-        )
+        return TrainResult(None, before, None, seconds, out.global_step, run_dir, rejected)
+    if best is not None:
+        best.restore()
 
     # save with safetensors, evaluate through the same path as `eval`, file in the registry
     adapter_dir = run_dir / "adapter"
@@ -358,27 +551,169 @@ def train(
         source="train",
         path=adapter_dir,
     )
-    after = evaluate_adapter(fresh, test_set.examples, recipe, record)
-    logger.info("after: WER %.3f CER %.3f", after.wer, after.cer)
+    afters = [evaluate_adapter(fresh, h.data.examples, recipe, record) for h in held]
+    after = afters[0]
+    for h, a in zip(held, afters):
+        logger.info("after (%s %s): WER %.3f CER %.3f", h.kind, h.split, a.wer, a.cer)
     record.metrics = {
         "before": before.to_dict() if before else None,
         "after": after.to_dict(),
+        "kind": held[0].kind,
+        "split": held[0].split,
         "held_out": len(test_set.examples),
-        "train_clips": len(train_set.examples),
+        "evaluations": [
+            {
+                "kind": h.kind,
+                "split": h.split,
+                "n": len(h.data.examples),
+                "before": b.to_dict() if b else None,
+                "after": a.to_dict(),
+            }
+            for h, b, a in zip(held, befores, afters)
+        ],
+        "train_clips": len(train_examples),
+        "train_kind": KIND_REAL if recipe.data.source != "synthetic" else "synthetic",
+        "timestamped_clips": len(stamped),
+        "validation": best.summary() if best is not None else None,
         "steps": out.global_step,
         "final_loss": next((h["loss"] for h in reversed(log_history) if "loss" in h), None),
     }
+    record.inactive_reason = inactive_reason(before, after, held[0].kind, held[0].split)
     plot = _plot(log_history, before, after, run_dir / "training.png", recipe.name)
     record.path = None
+    current = next((r for r in registry.list() if r.name == record.name and r.active), None)
+    activate = record.inactive_reason is None or current is None or current.inactive_reason is not None
     filed = registry.add(
         adapter_dir,
         record,
+        activate=activate,
         extra_files={
             "recipe.yaml": f"# lora-whisper train --recipe recipe.yaml\n{recipe.to_yaml()}",
             "training.png": plot.read_bytes(),
         },
     )
-    return TrainResult(filed, before, after, seconds, out.global_step, run_dir, train_set.rejected + test_set.rejected)
+    if record.inactive_reason:
+        logger.warning(
+            "%s filed INACTIVE: %s; routing will not pick it (force it with --adapter %s)%s",
+            filed.ref,
+            record.inactive_reason,
+            filed.ref,
+            "" if activate else f"; {current.ref} stays the active version",
+        )
+    return TrainResult(filed, before, after, seconds, out.global_step, run_dir, rejected)
+
+
+def inactive_reason(before: Score | None, after: Score, kind: str, split: str) -> str | None:
+    """Why an adapter must not be routed to: not better than the base on its held-out set (None: it may be)."""
+    if before is None:
+        return None
+    if after.wer >= before.wer:
+        return f"not better than the base on {kind} {split}: WER {after.wer:.3f} vs base {before.wer:.3f}"
+    return None
+
+
+def _check_precision(precision: str, device: str) -> None:
+    if precision != "fp32" and not str(device).startswith("cuda"):
+        raise ValueError(
+            f"train.precision {precision} needs a GPU (device is {device}); use train.precision=fp32 on CPU"
+        )
+
+
+class _BestCheckpoint:
+    """Validation WER (clips of training speakers held out of training, never the test split) every ``every``
+    steps; the LoRA weights of the best step are kept (in memory and in ``run_dir/best``) and restored at the end."""
+
+    def __init__(self, base, peft_model, examples, hidden, recipe: Recipe, run_dir: Path, every: int):
+        self.base, self.model, self.examples, self.hidden = base, peft_model, examples, hidden
+        self.recipe, self.dir, self.every = recipe, run_dir / "best", every
+        self.history: list[dict] = []
+        self.best: tuple[float, int, dict] | None = None
+        self.max_new_tokens = _max_new_tokens(recipe, base, examples)
+        known = self.dir / "best.json"
+        if known.is_file():  # a resumed run keeps the best found before the kill
+            try:
+                from safetensors.torch import load_file
+
+                info = json.loads(known.read_text())
+                self.best = (info["wer"], info["step"], load_file(str(self.dir / "weights.safetensors")))
+                self.history = info.get("history", [])
+            except (OSError, ValueError, KeyError):
+                self.best = None
+
+    def wer(self) -> float:
+        """Greedy WER on the validation clips with the current weights."""
+        import torch
+        from transformers.modeling_outputs import BaseModelOutput
+
+        from .scoring import score
+
+        model, tok, bs = self.model, self.base.processor.tokenizer, self.recipe.eval.batch_size
+        was_training = model.training
+        model.eval()
+        hyps = []
+        dev = next(p.device for p in model.parameters())
+        with torch.inference_mode():
+            for k in range(0, len(self.examples), bs):
+                chunk = self.examples[k : k + bs]
+                kw = dict(language=self.recipe.language, task="transcribe", max_new_tokens=self.max_new_tokens)
+                if self.hidden is not None:
+                    enc = self.hidden[k : k + bs].to(dev, torch.float32)
+                    out = model.generate(encoder_outputs=BaseModelOutput(last_hidden_state=enc), **kw)
+                else:
+                    fe = self.base.processor.feature_extractor
+                    feats = fe([e.audio for e in chunk], sampling_rate=16000, return_tensors="pt").input_features
+                    out = model.generate(input_features=feats.to(dev, next(model.parameters()).dtype), **kw)
+                seqs = out.sequences if hasattr(out, "sequences") else out
+                hyps += [t.strip() for t in tok.batch_decode(seqs, skip_special_tokens=True)]
+        if was_training:
+            model.train()
+        return score([e.text for e in self.examples], hyps, self.recipe.language).wer
+
+    def check(self, step: int) -> None:
+        from peft import get_peft_model_state_dict
+        from safetensors.torch import save_file
+
+        w = self.wer()
+        self.history.append({"step": step, "wer": round(w, 4)})
+        logger.info("step %d: validation WER %.4f", step, w)
+        if self.best is None or w < self.best[0]:
+            state = {k: v.detach().to("cpu").clone().contiguous() for k, v in get_peft_model_state_dict(self.model).items()}
+            self.best = (w, step, state)
+            self.dir.mkdir(parents=True, exist_ok=True)
+            save_file(state, str(self.dir / "weights.safetensors"))
+        if self.best is not None:
+            info = {"wer": self.best[0], "step": self.best[1], "history": self.history}
+            (self.dir / "best.json").write_text(json.dumps(info))
+
+    def restore(self) -> None:
+        from peft import set_peft_model_state_dict
+
+        if self.best is not None:
+            set_peft_model_state_dict(self.model, self.best[2])
+            logger.info("keeping the best checkpoint: step %d, validation WER %.4f", self.best[1], self.best[0])
+
+    def summary(self) -> dict:
+        return {
+            "split": "validation (training speakers held out of training)",
+            "n": len(self.examples),
+            "best_step": self.best[1] if self.best else None,
+            "wer": self.best[0] if self.best else None,
+            "history": self.history,
+        }
+
+    def callback(self):
+        from transformers import TrainerCallback
+
+        outer = self
+
+        class BestCallback(TrainerCallback):
+            def on_step_end(self, args, state, control, **kwargs):
+                if state.is_world_process_zero and (
+                    state.global_step % outer.every == 0 or state.global_step == state.max_steps
+                ):
+                    outer.check(state.global_step)
+
+        return BestCallback()
 
 
 def _cached_before(base: Base, examples: list[Example], recipe: Recipe, data_fp: str) -> Score:

@@ -343,6 +343,99 @@ ES_FINANCE = {
 }
 
 
+# Out-of-template held-out sets: templates AND domain vocabulary never used by the training templates above, so
+# the held-out figure measures generalisation, not recall of the training phrasing (issue 9).
+FR_MEDICAL_OUT = {
+    "templates": [
+        "Madame {nom} consulte pour {plainte} apparue {debut}.",
+        "À l'auscultation on entend {bruit} à la base {cote}.",
+        "Nous introduisons {molecule} à raison de {dose}.",
+        "Le scanner thoracique met en évidence {anomalie}.",
+        "Devant {plainte}, une hospitalisation en {service} est décidée.",
+        "L'infirmière signale {plainte} chez le voisin de chambre.",
+        "Le taux de {marqueur} reste élevé malgré {molecule}.",
+        "Monsieur {nom} a été opéré d'{chirurgie} il y a {delai}.",
+        "La kinésithérapie respiratoire sera poursuivie {frequence}.",
+        "Nous avons revu le dossier avec le docteur {nom} du service de {service}.",
+    ],
+    "nom": ["Lefebvre", "Moreau", "Garnier", "Rousseau", "Fontaine", "Chevalier", "Mercier"],
+    "plainte": [
+        "des vertiges rotatoires",
+        "une toux productive",
+        "des palpitations nocturnes",
+        "un œdème des chevilles",
+        "des crampes abdominales",
+        "une perte de poids inexpliquée",
+        "des sueurs profuses",
+    ],
+    "debut": ["brutalement hier soir", "progressivement depuis l'automne", "au réveil", "après un repas copieux"],
+    "bruit": ["des râles bronchiques", "un frottement pleural", "des sibilants", "un silence auscultatoire"],
+    "cote": ["droite", "gauche"],
+    "molecule": ["la ceftriaxone", "le bisoprolol", "l'apixaban", "la lévothyroxine", "le tramadol", "la spironolactone"],
+    "dose": ["un gramme par jour", "deux comprimés le soir", "cinq milligrammes matin et soir", "une injection hebdomadaire"],
+    "anomalie": [
+        "un nodule spiculé",
+        "une condensation lobaire",
+        "un pneumothorax partiel",
+        "des adénopathies médiastinales",
+        "une dilatation des bronches",
+    ],
+    "service": ["réanimation", "soins palliatifs", "gériatrie", "chirurgie viscérale", "rhumatologie"],
+    "marqueur": ["la troponine", "la ferritine", "la procalcitonine", "l'hémoglobine glyquée", "la bilirubine"],
+    "chirurgie": ["une cholécystectomie", "une appendicectomie", "une prothèse de hanche", "un pontage coronarien"],
+    "delai": ["deux ans", "quinze jours", "une dizaine d'années", "trois semaines"],
+    "frequence": ["deux fois par semaine", "quotidiennement", "jusqu'à la sortie", "pendant le séjour"],
+}
+
+DE_LEGAL_OUT = {
+    "templates": [
+        "Die Mieterin verlangt {forderung} wegen {mangel}.",
+        "Das Amtsgericht {stadt} hat den Termin auf {zeit} verlegt.",
+        "Der Notar beurkundet {geschaeft} in Anwesenheit beider Erben.",
+        "Gegen den Bescheid legt die Firma {firma} fristgerecht {mittel} ein.",
+        "Die Zeugin konnte {wahrnehmung} nicht mit Sicherheit bestätigen.",
+        "Im Grundbuch ist {eintrag} zugunsten der Sparkasse eingetragen.",
+        "Der Arbeitgeber stützt die Abmahnung auf {verstoss}.",
+        "Die Verjährung beginnt mit dem Schluss des Jahres, in dem {ereignis}.",
+    ],
+    "forderung": ["eine Mietminderung", "eine Entschädigung", "die Rückzahlung der Kaution", "eine Nebenkostenabrechnung"],
+    "mangel": ["Schimmel im Badezimmer", "eines defekten Aufzugs", "Lärm von der Baustelle", "einer undichten Heizung"],
+    "stadt": ["Dresden", "Hannover", "Nürnberg", "Kassel", "Freiburg"],
+    "zeit": ["den dritten Dezember", "nächsten Dienstag", "Anfang Februar", "den Vormittag"],
+    "geschaeft": ["den Grundstückskaufvertrag", "die Schenkung", "das gemeinschaftliche Testament", "den Ehevertrag"],
+    "firma": ["Berger", "Lindner", "Hoffmann", "Krüger"],
+    "mittel": ["Klage vor dem Verwaltungsgericht", "eine Dienstaufsichtsbeschwerde", "Widerspruch beim Finanzamt"],
+    "wahrnehmung": ["das Kennzeichen", "die Uhrzeit des Unfalls", "die Farbe des Fahrzeugs", "den Wortlaut des Gesprächs"],
+    "eintrag": ["eine Grundschuld", "ein Wegerecht", "ein Nießbrauch", "eine Auflassungsvormerkung"],
+    "verstoss": ["wiederholte Verspätungen", "unerlaubte Nebentätigkeit", "private Internetnutzung", "Arbeitszeitbetrug"],
+    "ereignis": ["der Anspruch entstanden ist", "der Gläubiger davon erfahren hat", "die Leistung fällig wurde"],
+}
+
+ES_FINANCE_OUT = {
+    "templates": [
+        "La aseguradora {aseguradora} ha recomprado {acciones} propias este {plazo}.",
+        "El déficit comercial se amplió hasta {cifra} en {mes_out}.",
+        "Los analistas de {banco} rebajan la recomendación a {recomendacion}.",
+        "La prima de riesgo cerró en {puntos_out} puntos básicos.",
+        "El fondo de pensiones reduce su exposición a {sector}.",
+        "La opa sobre {aseguradora} se aprobará si acepta {umbral} del capital.",
+        "Hacienda recaudó {cifra} por el impuesto de sociedades durante {plazo}.",
+        "El consejo propone un dividendo complementario de {dividendo} por título.",
+    ],
+    "aseguradora": ["Mapfre", "Catalana Occidente", "Línea Directa", "Mutua Madrileña"],
+    "acciones": ["dos millones de títulos", "el tres por ciento", "medio millón de acciones"],
+    "plazo": ["verano", "cuatrimestre", "bienio", "otoño"],
+    "cifra": ["catorce mil millones de euros", "seiscientos millones", "dos mil trescientos millones de euros"],
+    "mes_out": ["febrero", "abril", "junio", "agosto", "octubre", "diciembre"],
+    "banco": ["Barclays", "Morgan Stanley", "Goldman Sachs", "Deutsche Bank"],
+    "recomendacion": ["infraponderar", "mantener", "vender", "neutral"],
+    "puntos_out": ["ciento treinta y dos", "sesenta y ocho", "doscientos once", "cuarenta y cuatro"],
+    "sector": ["las eléctricas", "las inmobiliarias", "los bonos corporativos", "las materias primas"],
+    "umbral": ["la mitad", "dos tercios", "el setenta y cinco por ciento"],
+    "dividendo": ["treinta céntimos", "un euro con diez", "cuarenta y cinco céntimos"],
+}
+
+
 def generate(spec: dict, n: int, seed: int) -> list[str]:
     rng = random.Random(seed)
     out: set[str] = set()
@@ -360,21 +453,35 @@ def generate(spec: dict, n: int, seed: int) -> list[str]:
     return lines
 
 
+def check_disjoint(name: str, spec: dict, out_spec: dict) -> None:
+    """No vocabulary entry of the out-of-template set appears in the training templates or vocabulary."""
+    train_text = " ".join(spec["templates"] + [v for k, vs in spec.items() if k != "templates" for v in vs]).lower()
+    shared = [v for k, vs in out_spec.items() if k != "templates" for v in vs if v.lower() in train_text]
+    if shared:
+        raise SystemExit(f"{name}: out-of-template vocabulary also in training: {shared}")
+
+
 def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
-    for name, spec, lang in (
-        ("fr-medical", FR_MEDICAL, "fr"),
-        ("de-legal", DE_LEGAL, "de"),
-        ("es-finance", ES_FINANCE, "es"),
+    for name, spec, out_spec, lang in (
+        ("fr-medical", FR_MEDICAL, FR_MEDICAL_OUT, "fr"),
+        ("de-legal", DE_LEGAL, DE_LEGAL_OUT, "de"),
+        ("es-finance", ES_FINANCE, ES_FINANCE_OUT, "es"),
     ):
         lines = generate(spec, 420, seed=len(name))
         train, test = lines[:-80], lines[-80:]
+        test_out = generate(out_spec, 80, seed=len(name) + 1)
+        check_disjoint(name, spec, out_spec)
         header = (
-            f"# {name}: {lang}, {len(train)} train + {len(test)} test sentences; lines after '# test' are held out\n"
+            f"# {name}: {lang}, {len(train)} train + {len(test)} test sentences (same templates) + {len(test_out)} "
+            "out-of-template test sentences; lines after '# test' (in-template) and '# test-out' (other templates "
+            "and vocabulary) are held out\n"
         )
-        text = header + "\n".join(train) + "\n# test\n" + "\n".join(test) + "\n"
+        text = (
+            header + "\n".join(train) + "\n# test\n" + "\n".join(test) + "\n# test-out\n" + "\n".join(test_out) + "\n"
+        )
         (OUT / f"{name}.txt").write_text(text, encoding="utf-8")
-        print(name, len(train), len(test))
+        print(name, len(train), len(test), len(test_out))
 
 
 if __name__ == "__main__":
