@@ -357,3 +357,57 @@ def test_latest_rows_prefer_results_over_errors():
     ]
     best = latest_rows(rows)
     assert best["a"]["text"] == "ok" and best["b"]["error"] == "2" and set(best) == {"a", "b", "7"}
+
+
+# ---- the real base ------------------------------------------------------------------------------------------------------
+@pytest.mark.integration
+def test_real_base_rows_equal_transcribe_cli(ray_local, cache_dir, tmp_path):
+    """22 real clips (tests/data/audio: 5 languages; tests/data/cv-en: 12 Common Voice English) with two adapters
+    filed (en, fr: small random LoRA weights on the real base): `batch` rows == `transcribe --format json` lines."""
+    import torch
+    from click.testing import CliRunner
+    from conftest import AUDIO, DATA
+    from peft import get_peft_model
+    from transformers import WhisperForConditionalGeneration
+
+    from lora_whisper.base import resolve_base, weights_fingerprint
+    from lora_whisper.cli import main
+    from lora_whisper.lora import lora_config, save_adapter
+    from lora_whisper.registry import AdapterRecord
+
+    path, hub_id = resolve_base("offline")
+    reg = Registry(tmp_path / "adapters")
+    for seed, lang in enumerate(("en", "fr"), start=1):
+        torch.manual_seed(seed)
+        pm = get_peft_model(WhisperForConditionalGeneration.from_pretrained(path), lora_config("decoder", r=4, alpha=8))
+        with torch.no_grad():
+            for n, p in pm.named_parameters():
+                if "lora_B" in n:
+                    p.normal_(0, 0.01)
+        save_adapter(pm, tmp_path / f"ad-{lang}", hub_id)
+        rec = AdapterRecord(
+            name=lang,
+            version=0,
+            language=lang,
+            base={"hub_id": hub_id, "fingerprint": weights_fingerprint(path)},
+            lora={"r": 4, "alpha": 8, "scope": "decoder"},
+            source="test",
+        )
+        reg.add(tmp_path / f"ad-{lang}", rec)
+        del pm
+    inputs = [str(AUDIO), str(DATA / "cv-en" / "clips")]
+    glob = ["--registry", str(reg.root)]
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the one-CPU actor
+    try:
+        cli = CliRunner().invoke(main, [*glob, "transcribe", *inputs, "--format", "json"])
+    finally:
+        torch.set_num_threads(n)
+    assert cli.exit_code == 0, cli.output
+    expected = [json.loads(x) for x in cli.stdout.splitlines() if x.startswith("{")]
+    res = CliRunner().invoke(main, [*glob, "batch", *inputs, "--out", str(tmp_path / "out"), "--progress-every", "0"])
+    assert res.exit_code == 0, res.output
+    rows = read_output(tmp_path / "out" / "transcripts.jsonl")
+    assert len(rows) == 22 and rows == expected
+    assert {r["adapter"] for r in rows} == {"en@1", "fr@1", None}  # both adapters and the base really used
+    assert "batch: 22 done (0 errors)" in res.stderr
