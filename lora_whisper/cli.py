@@ -38,8 +38,20 @@ def _engine(ctx, quantize: str | None = None):
     from .engine import Engine
 
     o = ctx.obj
-    base = load_base(o["base"], quantize or o["quantize"], o["device"])
+    base = load_base(o["base"], _inference_quantize(quantize or o["quantize"], o["device"]), o["device"])
     return Engine(base, _registry(ctx), cache_size=o["cache_size"])
+
+
+def _inference_quantize(quantize: str, device: str | None) -> str:
+    """``auto``: bitsandbytes 8-bit on CUDA, float32 on CPU, where int8 inference is slower (dequantisation; measured
+    in benchmarks/bench_transcribe.py)."""
+    if quantize != "auto":
+        return quantize
+    if device:
+        return "int8" if device.startswith("cuda") else "none"
+    import os
+
+    return "int8" if os.path.exists("/proc/driver/nvidia/version") else "none"  # without importing torch
 
 
 def _csv(value: str | None) -> list[str] | None:
@@ -77,10 +89,11 @@ def _progress(total: int, desc: str):
 )
 @click.option(
     "--quantize",
-    type=click.Choice(["int8", "none"]),
-    default="int8",
+    type=click.Choice(["auto", "int8", "none"]),
+    default="auto",
     show_default=True,
-    help="Load the frozen base in 8-bit (bitsandbytes) or full precision.",
+    help="Frozen base in 8-bit (bitsandbytes) or full precision. auto: training 8-bit (the recipe's), inference "
+    "8-bit on CUDA and float32 on CPU (faster there).",
 )
 @click.option("--device", default=None, help="cpu or cuda (default: cuda when available).")
 @click.option("--cache-size", default=4, show_default=True, help="Adapters kept resident (LRU).")
@@ -95,10 +108,10 @@ def main(ctx, registry, base, quantize, device, cache_size, verbose):
     ctx.obj = dict(
         registry=registry,
         base=base,
-        quantize=quantize,
+        quantize=_inference_quantize(quantize, device),
         device=device,
         cache_size=cache_size,
-        quantize_given=ctx.get_parameter_source("quantize").name != "DEFAULT",
+        quantize_given=quantize != "auto",
     )
 
 
@@ -131,7 +144,7 @@ def base_info(ctx):
     """Show the base's identity (hub id, weight fingerprint, path)."""
     from .base import load_base
 
-    b = load_base(ctx.obj["base"], ctx.obj["quantize"], ctx.obj["device"])
+    b = load_base(ctx.obj["base"], _inference_quantize(ctx.obj["quantize"], ctx.obj["device"]), ctx.obj["device"])
     click.echo(
         json.dumps(
             {
@@ -153,6 +166,101 @@ def _transcribe_options(**kw):
     return TranscribeOptions(**kw)
 
 
+def _decoding_options(f):
+    """The decoding options shared by transcribe, eval, serve-like commands (openai-whisper / faster-whisper names)."""
+    opts = [
+        click.option("--task", type=click.Choice(["transcribe", "translate"]), default="transcribe", show_default=True),
+        click.option("--beam-size", default=1, show_default=True, help="1 = greedy."),
+        click.option(
+            "--temperature",
+            default="0,0.2,0.4,0.6,0.8,1.0",
+            show_default=True,
+            help="Temperatures tried in turn when a window fails the checks below (one value: no fallback).",
+        ),
+        click.option("--compression-ratio-threshold", type=float, default=2.4, show_default=True),
+        click.option("--logprob-threshold", type=float, default=-1.0, show_default=True),
+        click.option("--no-speech-threshold", type=float, default=0.6, show_default=True),
+        click.option(
+            "--condition-on-previous-text/--no-condition-on-previous-text",
+            default=True,
+            show_default=True,
+            help="Prompt each window with the text before it.",
+        ),
+        click.option("--initial-prompt", default=None, help="Text to prompt the first window with (names, style)."),
+        click.option("--word-timestamps", is_flag=True, help="Words with times (alignment heads; slower)."),
+        click.option("--vad/--no-vad", default=False, show_default=True, help="Decode speech only (Silero VAD)."),
+        click.option(
+            "--long-form",
+            type=click.Choice(["sequential", "batched"]),
+            default="sequential",
+            show_default=True,
+            help="Long audio: Whisper's sequential algorithm, or VAD pieces of <= 30 s decoded in batches (faster).",
+        ),
+        click.option("--max-new-tokens", type=int, default=None, help="Token limit per window."),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def _parse_temperature(value: str) -> tuple[float, ...]:
+    try:
+        temps = tuple(float(t) for t in _csv(value) or [])
+    except ValueError:
+        temps = ()
+    if not temps or any(t < 0 for t in temps):
+        _fail(f"--temperature {value!r}: give one or more numbers >= 0, e.g. 0 or 0,0.2,0.4,0.6,0.8,1.0")
+    return temps
+
+
+def _check_languages(codes: list[str | None], flag: str) -> None:
+    """Whisper's language codes (names too, as openai-whisper accepts), checked before any model loads."""
+    from transformers.models.whisper.tokenization_whisper import LANGUAGES
+
+    for c in codes:
+        if c is not None and c not in LANGUAGES:
+            _fail(f"{flag} {c!r} is not a Whisper language code; choose from: {', '.join(sorted(LANGUAGES))}")
+
+
+def _normalize_language(code: str | None) -> str | None:
+    if code is None:
+        return None
+    from transformers.models.whisper.tokenization_whisper import TO_LANGUAGE_CODE
+
+    return TO_LANGUAGE_CODE.get(code.lower(), code.lower())
+
+
+def _check_adapter(ctx, adapter: str) -> None:
+    """An adapter the user named must exist (one line listing the active ones), before any model loads."""
+    if adapter in ("auto", "none", "", None):
+        return
+    from .registry import RegistryError
+
+    reg = _registry(ctx)
+    try:
+        reg.get(adapter)
+    except RegistryError as e:
+        names = ", ".join(r.ref for r in reg.active()) or "none filed"
+        _fail(f"--adapter {adapter!r}: {e}; available: {names}")
+
+
+def _build_options(ctx, *, language=None, languages=None, adapter="auto", temperature="0", **kw):
+    """TranscribeOptions from command-line values, validated before any model loads (exit 2, one line)."""
+    language = _normalize_language(language)
+    langs = [_normalize_language(x) for x in (_csv(languages) or [])] or None
+    _check_languages([language], "--language")
+    _check_languages(langs or [], "--languages")
+    _check_adapter(ctx, adapter)
+    options = _transcribe_options(
+        language=language, languages=langs, adapter=adapter, temperature=_parse_temperature(temperature), **kw
+    )
+    try:
+        options.validate()
+    except ValueError as e:
+        _fail(str(e))
+    return options
+
+
 @main.command()
 @click.argument("paths", nargs=-1, required=True)
 @click.option("--format", "fmt", type=click.Choice(["txt", "json", "srt", "vtt"]), default="txt", show_default=True)
@@ -163,11 +271,16 @@ def _transcribe_options(**kw):
     "--domain", default=None, help="Prefer the adapter for this domain (or domains, in order: medical,legal)."
 )
 @click.option(
-    "--route", "route_mode", type=click.Choice(["per-file", "per-segment"]), default="per-file", show_default=True
+    "--route",
+    "route_mode",
+    type=click.Choice(["per-file", "per-segment"]),
+    default="per-file",
+    show_default=True,
+    help="per-file: detect on the first 30 s of speech; per-segment: detect and route every VAD segment.",
 )
 @click.option("--threshold", default=0.5, show_default=True, help="Minimum language probability to use an adapter.")
 @click.option("--batch-size", default=8, show_default=True)
-@click.option("--beam-size", default=1, show_default=True)
+@_decoding_options
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None, help="Write FILE.<format> here.")
 @click.option(
     "--merge", is_flag=True, help="Merge each adapter into the weights while it is used (fp32 copy if 8-bit)."
@@ -196,27 +309,12 @@ def _transcribe_options(**kw):
 )
 @click.option("--verbose-route", "verbose_route", is_flag=True, help="Print the route of each file to stderr.")
 @click.pass_context
-def transcribe(
-    ctx,
-    paths,
-    fmt,
-    language,
-    languages,
-    adapter,
-    domain,
-    route_mode,
-    threshold,
-    batch_size,
-    beam_size,
-    out_dir,
-    merge,
-    combine,
-    combine_weights,
-    batching,
-    consult_below,
-    verbose_route,
-):
-    """Transcribe audio files or folders, routing each to the right adapter."""
+def transcribe(ctx, paths, fmt, route_mode, out_dir, combine_weights, verbose_route, **kw):
+    """Transcribe audio files or folders, routing each to the right adapter.
+
+    Long files are decoded like Whisper (timestamps, previous-text prompt, temperature fallback); SRT/VTT cues are
+    the decoded segments.
+    """
     from .engine import FileError
     from .output import render
 
@@ -226,21 +324,8 @@ def transcribe(
         weights = ()
     if len(weights) != 2:
         _fail(f"--combine-weights {combine_weights!r}: give two numbers, e.g. 0.7,0.3")
-    options = _transcribe_options(
-        language=language,
-        languages=_csv(languages),
-        adapter=adapter,
-        domain=_csv(domain),
-        threshold=threshold,
-        per_segment=route_mode == "per-segment",
-        batch_size=batch_size,
-        beam_size=beam_size,
-        merge=merge,
-        combine=combine,
-        combine_weights=weights,
-        batching=batching,
-        consult_below=consult_below,
-    )
+    kw["domain"] = _csv(kw["domain"])
+    options = _build_options(ctx, per_segment=route_mode == "per-segment", combine_weights=weights, **kw)
     engine = _engine(ctx)
     from .audio import expand_inputs
 
@@ -396,11 +481,12 @@ def train(ctx, language, domain, recipe_path, overrides, resume, no_progress):
         recipe.lora.scope,
         recipe.lora.r,
     )
+    from .base import BaseModelError
     from .train import train as run_train
 
     try:
-        result = run_train(recipe, _registry(ctx), resume=resume, progress=not no_progress)
-    except (ValueError, FileNotFoundError) as e:
+        result = run_train(recipe, _registry(ctx), resume=resume, progress=not no_progress, device=ctx.obj["device"])
+    except (ValueError, FileNotFoundError, BaseModelError) as e:
         _fail(str(e).splitlines()[0])
     for r in result.rejected:
         click.echo(f"warning: skipped {r.id}: {r.reason}", err=True)
@@ -415,6 +501,13 @@ def train(ctx, language, domain, recipe_path, overrides, resume, no_progress):
         click.echo(f"CER       {b.cer:.3f} -> {a.cer:.3f}")
     else:
         click.echo(f"WER       {a.wer:.3f}   CER {a.cer:.3f}")
+    click.echo(f"measured  on {result.record.figures} ({result.record.metrics.get('held_out')} clips)")
+    if result.record.inactive_reason:
+        click.echo(
+            f"warning: {result.record.ref} filed INACTIVE: {result.record.inactive_reason}; routing will not pick it "
+            f"(--adapter {result.record.name} forces it)",
+            err=True,
+        )
 
 
 @main.command("export")
@@ -464,16 +557,24 @@ def adapters_list(ctx, show_all, fmt):
         for r in records:
             click.echo(json.dumps(r.to_dict(), ensure_ascii=False, default=str))
         return
-    head = f"{'name':<22}{'ver':>4} {'act':<4}{'lang':<6}{'domain':<12}{'scope':<17}{'r':>4}{'WER before':>12}{'WER after':>11}  base"
+    head = (
+        f"{'name':<22}{'ver':>4} {'act':<4}{'lang':<6}{'domain':<12}{'scope':<17}{'r':>4}{'WER before':>12}"
+        f"{'WER after':>11}  {'measured on':<36}{'routing':<10}base"
+    )
     click.echo(head)
     for r in records:
         m = r.metrics or {}
         wb, wa = (m.get("before") or {}).get("wer"), (m.get("after") or {}).get("wer")
         fmt_w = lambda x: f"{x:.3f}" if isinstance(x, (int, float)) else "-"  # noqa: E731
+        routing = "inactive" if r.inactive_reason else ("auto" if r.active else "-")
         click.echo(
             f"{r.name:<22}{r.version:>4} {'*' if r.active else '':<4}{r.language:<6}{r.domain or '-':<12}"
-            f"{r.lora.get('scope', '-'):<17}{str(r.lora.get('r', '-')):>4}{fmt_w(wb):>12}{fmt_w(wa):>11}  {r.base.get('hub_id')}"
+            f"{r.lora.get('scope', '-'):<17}{str(r.lora.get('r', '-')):>4}{fmt_w(wb):>12}{fmt_w(wa):>11}  "
+            f"{r.figures:<36}{routing:<10}{r.base.get('hub_id')}"
         )
+    for r in records:
+        if r.inactive_reason:
+            click.echo(f"{r.ref} is inactive: {r.inactive_reason}; routing skips it, --adapter {r.name} forces it")
 
 
 @adapters.command("show")

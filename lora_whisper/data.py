@@ -140,7 +140,8 @@ def hold_out_speakers(examples: list[Example], n: int, seed: int = 0) -> tuple[l
     """Split ``examples`` into (train, validation) with about ``n`` validation clips.
 
     Validation takes whole speakers (never a clip of a speaker who stays in training), skipping speakers who hold
-    more than a tenth of the data; examples without speakers are drawn clip by clip. Seeded, so resumes agree.
+    more than ``n`` clips (they would be the whole validation set); examples without speakers are drawn clip by
+    clip. Seeded, so resumes agree.
     """
     import random
 
@@ -152,7 +153,7 @@ def hold_out_speakers(examples: list[Example], n: int, seed: int = 0) -> tuple[l
     for i, ex in enumerate(examples):
         (by_spk.setdefault(ex.speaker, []) if ex.speaker else loose).append(i)
     chosen: set[int] = set()
-    speakers = sorted(s for s, idx in by_spk.items() if len(idx) <= max(1, len(examples) // 10))
+    speakers = sorted(s for s, idx in by_spk.items() if len(idx) <= n)
     rng.shuffle(speakers)
     for s in speakers:
         if len(chosen) >= n:

@@ -8,7 +8,8 @@ RECIPES = sorted((Path(__file__).parents[1] / "recipes").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
-def test_every_recipe_loads_and_names_its_command(path):
+def test_every_recipe_loads_and_names_its_command(path, monkeypatch):
+    monkeypatch.setenv("CV_EN_MANIFEST", "manifest.jsonl")  # recipes for user data name it through the environment
     recipe = load_recipe(path)
     first = path.read_text().splitlines()[0]
     assert first.startswith("# lora-whisper train"), first
@@ -64,3 +65,46 @@ def test_unknown_field_is_named():
         load_recipe(
             None, ["train.learning_rate=1"], language="fr", data={"source": "synthetic", "corpus": "fr-medical"}
         )
+
+
+def test_real_speech_recipe_takes_the_manifest_from_the_environment(monkeypatch, tmp_path):
+    path = Path(__file__).parents[1] / "recipes" / "en-commonvoice.yaml"
+    assert "/work/shared" not in path.read_text() and "shared/speech" not in path.read_text()
+    monkeypatch.delenv("CV_EN_MANIFEST", raising=False)
+    with pytest.raises(RecipeError, match="CV_EN_MANIFEST is not set.*--set data.train=PATH"):
+        load_recipe(path)
+    r = load_recipe(path, [f"data.train={tmp_path}/m.jsonl", f"data.test={tmp_path}/m.jsonl"])
+    assert r.data.train.endswith("m.jsonl") and r.data.split_column == "split" and r.data.test_split == "dev"
+    monkeypatch.setenv("CV_EN_MANIFEST", str(tmp_path / "cv.jsonl"))
+    r = load_recipe(path)
+    assert r.data.speaker_column == "speaker" and r.data.validation > 0 and r.language == "en"
+    from lora_whisper.config import expand_path
+
+    assert expand_path(r.data.train) == str(tmp_path / "cv.jsonl")
+
+
+def test_gpu_recipe_for_the_full_common_voice_validates():
+    r = load_recipe(Path(__file__).parents[1] / "recipes" / "fr-commonvoice-gpu.yaml")
+    assert r.data.source == "hub" and r.data.dataset.startswith("mozilla-foundation/common_voice_")
+    assert r.train.precision in ("fp16", "bf16") and r.data.validation > 0 and r.data.max_train is None
+
+
+def test_new_fields_are_checked():
+    with pytest.raises(RecipeError) as e:
+        load_recipe(
+            None,
+            [
+                "data.corpus=fr-medical",
+                "train.precision=fp8",
+                "data.timestamps=2",
+                "data.validation=-1",
+                "lora.scope=decoder",
+                "data.speed_perturb=[0.9,1.1]",
+                "train.mask_time_prob=1.5",
+            ],
+        )
+    msg = str(e.value)
+    for needle in ("train.precision: 'fp8'", "data.timestamps", "data.validation", "speed_perturb: needs lora.scope", "mask_time_prob"):
+        assert needle in msg, needle
+    r = load_recipe(None, ["data.corpus=fr-medical", "data.speed_perturb=[0.9,1.1]", "train.precision=bf16"])
+    assert tuple(r.data.speed_perturb) == (0.9, 1.1) and "speed_perturb:\n  - 0.9" in r.to_yaml()

@@ -90,3 +90,29 @@ def test_synthetic_speech_both_backends(tmp_path):
     assert [e.text for e in ex] == ["Bonjour.", "Au revoir."] and all(e.language == "fr" for e in ex)
     mtime = ex[0].audio.stat().st_mtime_ns
     assert synthesize(["Bonjour."], "fr", voices, tmp_path, noise_snr_db=20)[0].audio.stat().st_mtime_ns == mtime
+
+
+def test_manifest_splits_and_speakers(tmp_path, clips):
+    from lora_whisper.data import DataError, hold_out_speakers, load_manifest
+
+    rows = []
+    for i in range(30):
+        spk = "big" if i < 12 else f"s{i % 6}"
+        rows.append({"audio": clips["good"], "text": f"t{i}", "split": "dev" if i % 10 == 9 else "train", "speaker": spk})
+    m = tmp_path / "m.jsonl"
+    m.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    train = load_manifest(m, split="train", split_column="split", speaker_column="speaker")
+    dev = load_manifest(m, split="dev", split_column="split", speaker_column="speaker")
+    assert len(train.examples) == 27 and len(dev.examples) == 3
+    assert {e.text for e in train.examples}.isdisjoint(e.text for e in dev.examples)
+    with pytest.raises(DataError, match="no rows with split='test'; splits are \\['dev', 'train'\\]"):
+        load_manifest(m, split="test", split_column="split")
+    with pytest.raises(DataError, match="no column 'spk'"):
+        load_manifest(m, speaker_column="spk")
+    tr, val = hold_out_speakers(train.examples, 5, seed=0)
+    assert len(tr) + len(val) == 27 and len(val) >= 5
+    val_spk = {e.speaker for e in val}
+    assert "big" not in val_spk  # a speaker with over a tenth of the data stays in training
+    assert val_spk.isdisjoint(e.speaker for e in tr)  # whole speakers
+    assert hold_out_speakers(train.examples, 5, seed=0)[1] == val  # seeded: a resume agrees
+    assert hold_out_speakers(train.examples, 0)[1] == []

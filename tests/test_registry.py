@@ -153,3 +153,102 @@ def test_plain_peft_folder_takes_language_from_model_card(reg, tiny_adapter_fact
     (src / "README.md").write_text("---\nlanguage: [unclosed\n---\n")
     with pytest.raises(RegistryError, match="no language in its model card: pass --language"):
         reg.import_folder(src)
+
+
+def _header_file(path, header):
+    import struct
+
+    raw = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + b"\0" * 16)
+
+
+def test_malformed_headers_wrong_types_are_warned_and_skipped(reg, tiny_adapter_factory, caplog):
+    a = tiny_adapter_factory()
+    good = file_adapter(reg, a, "good", "de")
+    for name in ("hlist", "hoffsets", "hbool", "tversion", "tmetrics", "tlang", "tbase"):
+        file_adapter(reg, a, name, "fr")
+    _header_file(reg.root / "hlist" / "v1" / "adapter_model.safetensors", [1, 2])
+    _header_file(reg.root / "hoffsets" / "v1" / "adapter_model.safetensors", {"w": {"dtype": "F32", "shape": [4]}})
+    _header_file(
+        reg.root / "hbool" / "v1" / "adapter_model.safetensors",
+        {"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, "16"]}},
+    )
+    for name, field, value in (
+        ("tversion", "version", "1"),
+        ("tmetrics", "metrics", [0.3]),
+        ("tlang", "language", 7),
+        ("tbase", "base", "openai/whisper-base"),
+    ):
+        m = reg.root / name / "v1" / "lora_whisper.json"
+        d = json.loads(m.read_text())
+        d[field] = value
+        m.write_text(json.dumps(d))
+    with caplog.at_level("WARNING", logger="lora_whisper"):
+        records, problems = reg.scan()  # never raises
+    assert [r.ref for r in records] == [good.ref]
+    msgs = {p.path.split("/")[-2]: p.message for p in problems}
+    assert "JSON list, not an object" in msgs["hlist"]
+    assert "tensor 'w' has no valid data_offsets" in msgs["hoffsets"] and "data_offsets" in msgs["hbool"]
+    assert "wrong type for field(s) version (str, expected int)" in msgs["tversion"]
+    assert "metrics (list, expected dict)" in msgs["tmetrics"] and "language (int" in msgs["tlang"]
+    assert "base (str, expected dict)" in msgs["tbase"]
+    assert sum("registry: skipped" in r.message for r in caplog.records) == 7
+    assert [r.ref for r in reg.routable()] == [good.ref] and reg.languages() == {"de"}
+
+
+def test_folders_appearing_or_vanishing_mid_scan(reg, tiny_adapter_factory, monkeypatch):
+    from pathlib import Path
+
+    import lora_whisper.registry as registry_mod
+
+    a = tiny_adapter_factory()
+    for name in ("aa", "bb", "cc"):
+        file_adapter(reg, a, name, "fr")
+    real_read = registry_mod.Registry._read_version
+
+    def racing_read(self, name, vdir):
+        if name == "aa":  # another process removes bb and files dd while we read aa
+            shutil.rmtree(reg.root / "bb", ignore_errors=True)
+            shutil.copytree(reg.root / "cc", reg.root / "dd")
+        if name == "cc":  # and cc's version folder is swapped out under us
+            shutil.rmtree(vdir)
+            raise registry_mod.RegistryError(f"{vdir}: no lora_whisper.json")
+        return real_read(self, name, vdir)
+
+    monkeypatch.setattr(registry_mod.Registry, "_read_version", racing_read)
+    real_iterdir = Path.iterdir
+
+    def gone_iterdir(self):
+        if self.name == "bb" and not self.exists():
+            raise FileNotFoundError(self)
+        return real_iterdir(self)
+
+    monkeypatch.setattr(Path, "iterdir", gone_iterdir)
+    records, problems = reg.scan()
+    assert [r.ref for r in records] == ["aa@1"]  # bb vanished, cc's version vanished mid-read: no exception
+    assert not [p for p in problems if "/bb" in p.path]  # a vanished family is simply gone
+    assert [p.message for p in problems] == ["no adapter versions inside"]  # cc is now an empty folder: true
+    monkeypatch.undo()
+    assert sorted(r.name for r in reg.scan()[0]) == ["aa"] and any("dd" in p.path for p in reg.scan()[1])
+
+
+def test_inactive_adapter_is_listed_with_its_reason_and_only_forced(reg, tiny_adapter_factory):
+    from lora_whisper.routing import RouteRequest, accept_claim, route
+
+    a = tiny_adapter_factory()
+    why = "not better than the base on real dev: WER 0.140 vs base 0.130"
+    bad = file_adapter(
+        reg, a, "en-cv", "en", metrics={"before": {"wer": 0.13}, "after": {"wer": 0.14}, "kind": "real", "split": "dev"},
+        inactive_reason=why,
+    )
+    assert bad.active and not bad.routable and reg.routable() == [] and reg.languages() == set()
+    r = route({"en": 0.99}, reg.active(), RouteRequest())
+    assert r.adapter is None
+    assert not accept_claim({"en": 0.5, "fr": 0.4}, bad, own_prob=0.99)
+    forced = route({"en": 0.99}, reg.active(), RouteRequest(adapter="en-cv"))
+    assert forced.adapter == "en-cv@1"
+    res = CliRunner().invoke(__import__("lora_whisper.cli").cli.main, ["--registry", str(reg.root), "adapters", "list"])
+    assert res.exit_code == 0, res.output
+    row = next(line for line in res.stdout.splitlines() if line.startswith("en-cv"))
+    assert "real dev" in row and "inactive" in row
+    assert f"en-cv@1 is inactive: {why}" in res.stdout and "--adapter en-cv forces it" in res.stdout

@@ -20,6 +20,8 @@ SMALL = [
     "--set",
     "data.max_test=4",
     "--set",
+    "data.max_test_out=4",
+    "--set",
     "train.batch_size=4",
     "--set",
     "data.train_voices=2",
@@ -210,3 +212,110 @@ def test_data_parallel_two_cpu_processes(tiny_model_dir, tmp_path):
     assert state["global_step"] == 2 and state["train_batch_size"] == 2
     args_bin = Path(tmp_path / "run" / "checkpoint-2")
     assert args_bin.is_dir()
+
+
+def test_timestamped_labels_for_synthetic_rows(tiny_base):
+    import numpy as np
+
+    from lora_whisper.data import Example
+    from lora_whisper.train import _Collator, _dataset, label_ids, timestamped_rows
+
+    tok = tiny_base.processor.tokenizer
+    rng = np.random.default_rng(0)
+    speech = (0.3 * rng.standard_normal(16000)).astype(np.float32)
+    clip = np.concatenate([np.zeros(4800, np.float32), speech, np.zeros(8000, np.float32)])  # 0.3 s + 1 s + 0.5 s
+    timed = [Example(f"tts:{i}", clip, "bonjour tout le monde", "fr", timed=True) for i in range(6)]
+    real = [Example(f"real:{i}", clip, "bonjour tout le monde", "fr") for i in range(2)]
+    rows = timestamped_rows(timed + real, 0.5, seed=0)
+    assert len(rows) == 3 and rows <= set(range(6))  # half of the clips that know their times; never real rows
+    ts = lambda t: tok.convert_tokens_to_ids(t)  # noqa: E731
+    lab = label_ids(tok, timed[0], "fr", timestamped=True)
+    assert lab[:3] == [ts("<|startoftranscript|>"), ts("<|fr|>"), ts("<|transcribe|>")]
+    assert lab[3] == ts("<|0.30|>") and lab[-2] == ts("<|1.30|>") and lab[-1] == ts("<|endoftext|>")
+    assert ts("<|notimestamps|>") not in lab
+    assert tok.decode(lab[4:-2]).strip() == "bonjour tout le monde"
+    plain = label_ids(tok, real[0], "fr", timestamped=False)
+    assert ts("<|notimestamps|>") in plain and not any(ts("<|0.00|>") <= t <= ts("<|30.00|>") for t in plain)
+    # through the dataset and the collator, as the Trainer sees them
+    ds = _dataset(tiny_base, timed + real, "fr", timestamped=rows)
+    batch = _Collator(ts("<|startoftranscript|>"))([ds[i] for i in range(len(ds))])
+    first_ts, last_ts = ts("<|0.00|>"), ts("<|30.00|>")
+    for i, row in enumerate(batch["labels"].tolist()):
+        has_ts = any(first_ts <= t <= last_ts for t in row)
+        assert has_ts == (i in rows), i
+        assert (ts("<|notimestamps|>") in row) == (i not in rows)
+
+
+def test_precision_needs_a_gpu_and_device_is_checked(tiny_model_dir, tmp_path):
+    res = _train(tiny_model_dir, tmp_path, "--set", "train.precision=fp16")
+    assert res.exit_code != 0 and "train.precision fp16 needs a GPU (device is cpu)" in res.output
+    res = CliRunner().invoke(main, ["--device", "tpu", *_args(tiny_model_dir, tmp_path)])
+    assert res.exit_code != 0 and "device 'tpu' is not one of ['auto', 'cpu', 'cuda', 'cuda:N']" in res.output
+
+
+def test_placement_each_rank_picks_its_own_gpu():
+    import pytest
+
+    from lora_whisper.base import BaseModelError, pick_device
+
+    # torchrun / accelerate launch on 4 GPUs: each process its own GPU, never all on cuda:0
+    assert [pick_device(None, {"LOCAL_RANK": str(r), "RANK": str(r + 4)}, 4) for r in range(4)] == [
+        "cuda:0",
+        "cuda:1",
+        "cuda:2",
+        "cuda:3",
+    ]
+    assert pick_device("cuda", {"LOCAL_RANK": "2"}, 4) == "cuda:2"  # --device cuda means this process's GPU
+    assert pick_device("cuda:1", {"LOCAL_RANK": "0"}, 2) == "cuda:1"  # an explicit index is honoured
+    assert pick_device(None, {}, 1) == "cuda:0" and pick_device(None, {}, 0) == "cpu"
+    assert pick_device("cpu", {"LOCAL_RANK": "1"}, 2) == "cpu"
+    with pytest.raises(BaseModelError, match="only 2 GPU"):
+        pick_device(None, {"LOCAL_RANK": "3"}, 2)
+    with pytest.raises(BaseModelError, match="no CUDA GPU"):
+        pick_device("cuda", {}, 0)
+
+
+def test_real_speech_training_through_the_manifest_source(tiny_model_dir, tmp_path):
+    """The en-commonvoice recipe on a few real clips: splits by column, validation by speaker, best checkpoint."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    audio = Path(__file__).parent / "data" / "audio"
+    rows = [json.loads(line) for line in (audio / "manifest.jsonl").read_text().splitlines() if line.strip()]
+    data = tmp_path / "data"
+    data.mkdir()
+    out = []
+    for i, r in enumerate(rows):
+        shutil.copy(audio / r["audio"], data / r["audio"])
+        split = "dev" if i in (0, 1) else "train"
+        out.append({**r, "split": split, "speaker": f"spk{i % 4}", "lang": "en"})
+    (data / "cv.jsonl").write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in out) + "\n")
+    recipe = Path(__file__).parents[1] / "recipes" / "en-commonvoice.yaml"
+    res = CliRunner().invoke(
+        main,
+        [
+            *("--base", str(tiny_model_dir), "--quantize", "none", "--registry", str(tmp_path / "adapters")),
+            *("train", "--recipe", str(recipe), "--no-progress"),
+            *("--set", f"data.train={data / 'cv.jsonl'}", "--set", f"data.test={data / 'cv.jsonl'}"),
+            *("--set", "data.validation=2", "--set", "train.max_steps=6", "--set", "train.lr=0.05"),
+            *("--set", "train.batch_size=4", "--set", "train.validate_every=3", "--set", "train.save_steps=3"),
+            *("--set", "eval.max_new_tokens=8", "--set", f"output.run_dir={tmp_path / 'run'}"),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    rec = Registry(tmp_path / "adapters").get("en-commonvoice")
+    m = rec.metrics
+    assert (m["kind"], m["split"], m["held_out"]) == ("real", "dev", 2) and m["train_kind"] == "real"
+    assert m["timestamped_clips"] == 0  # real data without times keeps <|notimestamps|>
+    val = m["validation"]
+    assert val["n"] >= 2 and [h["step"] for h in val["history"]] == [3, 6] and val["best_step"] in (3, 6)
+    assert m["train_clips"] + val["n"] == 8
+    state = json.loads(sorted((tmp_path / "run").glob("checkpoint-*/trainer_state.json"))[-1].read_text())
+    losses = [h["loss"] for h in state["log_history"] if "loss" in h]
+    assert losses[-1] < losses[0], losses
+    weights = load_file(str(rec.path / "adapter_model.safetensors"))
+    lora_b = [t for k, t in weights.items() if "lora_B" in k]
+    assert lora_b and any(torch.count_nonzero(t) > 0 for t in lora_b)  # B starts at zero: training moved it
+    assert "measured  on real dev" in res.output
