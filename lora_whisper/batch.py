@@ -592,6 +592,10 @@ def _start_ray(options: BatchOptions) -> bool:
 def _data_context() -> None:
     import ray.data
 
+    if not logger.isEnabledFor(logging.INFO):
+        # Ray Data logs every execution start/end at INFO and its own progress-bar notice at WARNING; without -v
+        # our progress lines say it all (its logs still go to the Ray session's log folder)
+        logging.getLogger("ray.data").setLevel(logging.ERROR)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # our own progress lines (files, audio hours, throughput, errors) instead
     if hasattr(ctx, "print_on_execution_start"):
@@ -887,7 +891,9 @@ def batch(
     kw.update(_parse_set(extra))
     try:
         topts = TranscribeOptions(**kw)
-    except TypeError as e:
+        if hasattr(topts, "validate"):
+            topts.validate()
+    except (TypeError, ValueError) as e:
         raise click.ClickException(f"transcription options: {e}") from e
     o = ctx.obj or {}
     registry = o.get("registry") or "adapters"
@@ -916,9 +922,6 @@ def batch(
         limit=limit,
         progress_every=progress_every,
     )
-    if not (o.get("verbose") or 0):
-        for name in ("ray", "ray.data", "ray._private"):
-            logging.getLogger(name).setLevel(logging.ERROR)
 
     def echo(msg: str) -> None:
         click.echo(msg, err=True)
