@@ -252,7 +252,9 @@ def rows_from_dataset(
     return out
 
 
-def validate(loaded: Loaded, tokenizer=None, max_seconds: float = MAX_SECONDS) -> Loaded:
+def validate(
+    loaded: Loaded, tokenizer=None, max_seconds: float = MAX_SECONDS, max_label_tokens: int = MAX_LABEL_TOKENS
+) -> Loaded:
     """Decode every example once and drop bad rows: unreadable audio, empty text, over 30 s, labels over 448 tokens.
 
     Decoded audio replaces paths, so training never decodes twice.
@@ -270,8 +272,8 @@ def validate(loaded: Loaded, tokenizer=None, max_seconds: float = MAX_SECONDS) -
         if len(audio) > max_seconds * SAMPLE_RATE:
             out.rejected.append(Rejected(ex.id, f"clip is {len(audio) / SAMPLE_RATE:.1f} s, over {max_seconds:.0f} s"))
             continue
-        if tokenizer is not None and len(tokenizer(ex.text).input_ids) > MAX_LABEL_TOKENS:
-            out.rejected.append(Rejected(ex.id, f"transcript over {MAX_LABEL_TOKENS} tokens"))
+        if tokenizer is not None and len(tokenizer(ex.text).input_ids) + 2 > max_label_tokens:  # + timestamps
+            out.rejected.append(Rejected(ex.id, f"transcript over {max_label_tokens - 2} tokens (the decoder's limit)"))
             continue
         out.examples.append(Example(ex.id, audio, ex.text, ex.language, ex.speaker, ex.timed))
     for r in out.rejected[len(loaded.rejected) :]:

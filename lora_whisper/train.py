@@ -391,8 +391,9 @@ def train(
     bar = _bar(progress, "prepare data")
     base = base or load_base(recipe.base.model, recipe.base.quantize, device)
     train_raw, held_raw = load_splits(recipe, progress=bar.update if bar is not None else None)
-    train_all = validate(_cap(train_raw, recipe.data.max_train), base.processor.tokenizer)
-    held = [HeldOut(h.kind, h.split, validate(h.data, base.processor.tokenizer)) for h in held_raw]
+    limit = min(448, getattr(base.model.config, "max_target_positions", 448))
+    train_all = validate(_cap(train_raw, recipe.data.max_train), base.processor.tokenizer, max_label_tokens=limit)
+    held = [HeldOut(h.kind, h.split, validate(h.data, base.processor.tokenizer, max_label_tokens=limit)) for h in held_raw]
     if recipe.data.source != "synthetic":
         held = [HeldOut(h.kind, h.split, _cap(h.data, recipe.data.max_test)) for h in held]
     if bar is not None:
