@@ -56,7 +56,7 @@ def model_card(record: AdapterRecord, repo_id: str) -> str:
             task_name="Speech Recognition",
             dataset_type=recipe_data.get("dataset") or "custom",
             dataset_name=str(dataset_name),
-            dataset_split="test",
+            dataset_split=str((record.metrics or {}).get("split") or "test"),
             metric_type=m,
             metric_name=m.upper(),
             metric_value=round(float(after[m]), 4),
@@ -77,10 +77,28 @@ def model_card(record: AdapterRecord, repo_id: str) -> str:
         eval_results=results or None,
     )
     lora = record.lora or {}
+    evaluations = (record.metrics or {}).get("evaluations") or [
+        {"kind": (record.metrics or {}).get("kind", "held-out"), "split": (record.metrics or {}).get("split", "test"),
+         "n": (record.metrics or {}).get("held_out"), "before": before, "after": after}
+    ]
     rows = "\n".join(
-        f"| {m.upper()} | {before.get(m, float('nan')):.3f} | {after.get(m, float('nan')):.3f} |"
+        f"| {ev.get('kind')} | {ev.get('split')} | {ev.get('n') if ev.get('n') is not None else '-'} | {m.upper()} | "
+        f"{(ev.get('before') or {}).get(m, float('nan')):.3f} | {(ev.get('after') or {}).get(m, float('nan')):.3f} |"
+        for ev in evaluations
         for m in ("wer", "cer")
-        if m in after
+        if m in (ev.get("after") or {})
+    )
+    kinds = {
+        "real": "real recordings",
+        "synthetic-in-template": "synthetic speech (other voices) of sentences from the training templates",
+        "synthetic-out-of-template": "synthetic speech (other voices) of sentences from templates and vocabulary "
+        "never used in training",
+    }
+    legend = "\n".join(f"- `{k}`: {v}" for k, v in kinds.items() if any(ev.get("kind") == k for ev in evaluations))
+    warning = (
+        f"\n**Inactive**: {record.inactive_reason}. lora-whisper's routing does not pick this adapter.\n"
+        if record.inactive_reason
+        else ""
     )
     body = f"""
 # {repo_id.split("/")[-1]}
@@ -101,11 +119,13 @@ model = PeftModel.from_pretrained(base, "{repo_id}")
 processor = WhisperProcessor.from_pretrained("{record.base.get("hub_id")}")
 ```
 
-## Evaluation (held-out split, normalized text)
-
-| metric | base | adapter |
-|---|---|---|
+## Evaluation (held-out sets, normalized text)
+{warning}
+| data | split | clips | metric | base | adapter |
+|---|---|---|---|---|---|
 {rows}
+
+{legend}
 
 Base weights fingerprint: `{record.base.get("fingerprint")}`. Training time: {record.train_seconds or "n/a"} s.
 """

@@ -114,3 +114,30 @@ def test_push_without_token_fails_before_work(tmp_path, monkeypatch, tiny_adapte
     monkeypatch.setattr(c, "HF_STORED_TOKENS_PATH", str(tmp_path / "hf" / "stored_tokens"))
     res = CliRunner().invoke(main, ["--registry", str(tmp_path / "none"), "push", "x", "--repo", "u/x"])
     assert res.exit_code == 2 and "no Hugging Face token" in res.stderr
+
+
+def test_card_reports_in_and_out_of_template_figures_and_inactive_status():
+    from huggingface_hub.repocard import RepoCard
+
+    from lora_whisper.hub import model_card
+    from lora_whisper.registry import AdapterRecord
+
+    ev = [
+        {"kind": "synthetic-out-of-template", "split": "test-out", "n": 60, "before": {"wer": 1.2, "cer": 0.8},
+         "after": {"wer": 0.7, "cer": 0.4}},
+        {"kind": "synthetic-in-template", "split": "test", "n": 60, "before": {"wer": 1.1, "cer": 0.7},
+         "after": {"wer": 0.2, "cer": 0.1}},
+    ]
+    rec = AdapterRecord(
+        "fr-medical", 3, "fr", {"hub_id": "openai/whisper-base", "fingerprint": "sha256:x"}, domain="medical",
+        metrics={"before": ev[0]["before"], "after": ev[0]["after"], "kind": ev[0]["kind"], "split": "test-out",
+                 "evaluations": ev},
+        inactive_reason="not better than the base on real dev",
+    )
+    card = model_card(rec, "user/fr-medical")
+    assert "| synthetic-out-of-template | test-out | 60 | WER | 1.200 | 0.700 |" in card
+    assert "| synthetic-in-template | test | 60 | WER | 1.100 | 0.200 |" in card
+    assert "never used in training" in card and "**Inactive**: not better than the base on real dev" in card
+    meta = RepoCard(card).data.to_dict()
+    result = meta["model-index"][0]["results"][0]
+    assert result["dataset"]["split"] == "test-out" and result["metrics"][0]["value"] == 0.7
