@@ -89,6 +89,24 @@ def route(probs: dict[str, float] | None, records: list[AdapterRecord], request:
 
 
 # ---- adapter-consulted detection: the engine asks these two pure functions ------------------------------------------
+MIN_BASE_PROB = 0.02
+"""A claim is accepted only for a language the base itself gives at least this probability on the audio.
+
+Measured (docs/training.md, benchmarks/bench_real.py routing): on real speech of another language the base gives
+the claimed language far less than this, while on the synthetic clips of the adapter's own language that the base
+misdetects it still gives that language more. A synthetic-voice adapter's decoder predicts its own language token on
+almost any audio, so its own probability alone cannot tell the two apart."""
+
+
+def trained_on_synthetic(record: AdapterRecord) -> bool:
+    """Whether the adapter was trained on synthetic speech (the only adapters whose claims can be worth more than
+    the base's own detection: the base is reliable on real speech, and unreliable on synthetic voices)."""
+    m = record.metrics or {}
+    if m.get("train_kind"):
+        return m["train_kind"] == "synthetic"
+    return ((record.recipe or {}).get("data") or {}).get("source") == "synthetic"  # records before train_kind
+
+
 def should_consult(base_probs: dict[str, float], options_consult_below: float) -> bool:
     """Whether the base is unsure enough about this audio's language to ask the candidate adapters.
 
@@ -101,14 +119,34 @@ def should_consult(base_probs: dict[str, float], options_consult_below: float) -
     return max(base_probs.values()) < options_consult_below
 
 
-def accept_claim(base_probs: dict[str, float], record: AdapterRecord, own_prob: float) -> bool:
+def accept_claim(
+    base_probs: dict[str, float],
+    record: AdapterRecord,
+    own_prob: float,
+    *,
+    min_base_prob: float = MIN_BASE_PROB,
+    min_own_prob: float = 0.5,
+) -> bool:
     """Whether an adapter's claim on audio (its probability of its own language, adapter active) is accepted.
+
+    All must hold:
+      - the adapter is routable (active, not held back as worse than the base);
+      - it was trained on synthetic speech: real-speech adapters never override the base's detection, which is
+        reliable on real speech;
+      - the base gives the claimed language at least ``min_base_prob``: real speech of another language is never
+        moved to this adapter, however sure the adapter is (its decoder predicts its own token on most audio);
+      - the adapter is sure (``own_prob >= min_own_prob``) and surer than the base about that language.
 
     Args:
         base_probs: the base's language probabilities for the same audio.
         record: the claiming adapter's registry record.
         own_prob: the adapter's probability of ``record.language`` on that audio, computed with the adapter active.
+        min_base_prob: see MIN_BASE_PROB.
+        min_own_prob: the adapter's own probability needed.
     """
-    if not record.routable:
+    if not record.routable or not trained_on_synthetic(record):
         return False
-    return own_prob >= 0.5
+    base_p = base_probs.get(record.language, 0.0)
+    if base_p < min_base_prob:
+        return False
+    return own_prob >= min_own_prob and own_prob > base_p
