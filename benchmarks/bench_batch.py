@@ -7,8 +7,9 @@ Audio: by default the 10 real clips of tests/data/audio plus the 12 Common Voice
 Every run uses the same options (the engine's defaults, the base only: an empty registry) and is timed end to end
 (process or Ray start, base loading, decoding, transcription); the model-only time of each is printed beside it.
 
-Measured here, in this one script: files/s and audio seconds per second for (1) the engine in this process,
-(2) ``lora-whisper transcribe --format json`` as a subprocess, (3) ``lora-whisper batch`` with 1..N actors, and the
+Measured here, in this one script: files/s and audio seconds per second for (1) the engine in this process, with
+all CPUs (the baseline) and with one thread (what an actor holding one CPU gets), (2) ``lora-whisper transcribe
+--format json`` as a subprocess, (3) ``lora-whisper batch`` with 1..N actors, and the
 ratios to (1). Projected (not measured): the scaling with N GPU actors, from the measured parts (fixed start-up
 cost, per-file decode cost on CPU, per-file model cost of one actor), written out as a formula and a table.
 """
@@ -53,7 +54,12 @@ def main() -> None:
     ap.add_argument("--workers", default="1,2", help="Actor counts to run, e.g. 1,2.")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--quantize", default="int8", choices=["int8", "none"])
-    ap.add_argument("--threads", type=int, default=os.cpu_count() or 2, help="torch threads of the in-process engine.")
+    ap.add_argument(
+        "--threads",
+        default=f"{os.cpu_count() or 2},1",
+        help="torch threads of the in-process engine runs; the first is the baseline (1 = what a one-CPU actor gets).",
+    )
+    ap.add_argument("--skip-cli", action="store_true", help="Leave out the transcribe CLI run.")
     args = ap.parse_args()
 
     import torch
@@ -76,58 +82,50 @@ def main() -> None:
     options = TranscribeOptions(batch_size=args.batch_size)
     results: dict[str, dict] = {}
 
-    # (1) the engine in this process
-    torch.set_num_threads(args.threads)
+    # (1) the engine in this process (the first thread count is the baseline; the runs share one base load)
     t = time.perf_counter()
     engine = Engine(load_base("offline", args.quantize, "cpu"))
     load_s = time.perf_counter() - t
-    t = time.perf_counter()
-    base_rows = [r.to_dict() for r in engine.transcribe(files, options)]
-    model_s = time.perf_counter() - t
-    results["engine (in process)"] = {"wall": load_s + model_s, "model": model_s, "load": load_s}
+    base_rows, baseline = None, None
+    for threads in [int(x) for x in args.threads.split(",") if x.strip()]:
+        torch.set_num_threads(threads)
+        t = time.perf_counter()
+        rows = [r.to_dict() for r in engine.transcribe(files, options)]
+        model_s = time.perf_counter() - t
+        base_rows = base_rows or rows
+        baseline = baseline or f"engine, {threads} thread(s)"
+        results[f"engine, {threads} thread(s)"] = {
+            "wall": load_s + model_s,
+            "model": model_s,
+            "same": rows == base_rows,
+        }
+    torch.set_num_threads(os.cpu_count() or 2)
     del engine
 
-    # (2) the transcribe CLI
-    cli = shutil.which("lora-whisper") or str(Path(sys.executable).parent / "lora-whisper")
-    t = time.perf_counter()
-    proc = subprocess.run(
-        [
-            cli,
-            "--quantize",
-            args.quantize,
-            "--registry",
-            str(empty_reg),
-            "transcribe",
-            *map(str, files),
-            "--format",
-            "json",
-            "--batch-size",
-            str(args.batch_size),
-        ],
-        capture_output=True,
-        text=True,
-    )
-    cli_s = time.perf_counter() - t
-    cli_rows = [json.loads(x) for x in proc.stdout.splitlines() if x.startswith("{")]
-    results["transcribe CLI"] = {"wall": cli_s, "model": None}
+    # (2) the transcribe CLI (a subprocess: Python start and base load included)
+    if not args.skip_cli:
+        cli = shutil.which("lora-whisper") or str(Path(sys.executable).parent / "lora-whisper")
+        cmd = [cli, "--quantize", args.quantize, "--registry", str(empty_reg), "transcribe", *map(str, files)]
+        t = time.perf_counter()
+        proc = subprocess.run(
+            [*cmd, "--format", "json", "--batch-size", str(args.batch_size)], capture_output=True, text=True
+        )
+        cli_rows = [json.loads(x) for x in proc.stdout.splitlines() if x.startswith("{")]
+        results["transcribe CLI"] = {"wall": time.perf_counter() - t, "model": None, "same": cli_rows == base_rows}
 
     # (3) batch on Ray Data, 1..N actors (a local Ray started and stopped by each run: its start is in the wall time)
     spec = EngineSpec(base="offline", quantize=args.quantize, device="cpu", registry=str(empty_reg))
-    same = {}
     for n in [int(x) for x in args.workers.split(",") if x.strip()]:
-        out = work / f"out-{n}"
-        opts = BatchOptions(out=out, num_workers=n, batch_size=args.batch_size, progress_every=1e9)
+        opts = BatchOptions(out=work / f"out-{n}", num_workers=n, batch_size=args.batch_size, progress_every=1e9)
         s = run_batch([str(f) for f in files], opts, spec, options)
-        rows = read_output(s.output)
-        same[n] = rows == base_rows
         results[f"batch, {n} actor(s)"] = {
             "wall": s.wall_seconds,
             "model": s.transcribe_seconds,
-            "detect": s.detect_seconds,
+            "same": read_output(s.output) == base_rows,
         }
 
-    base = results["engine (in process)"]["wall"]
-    print("\nMEASURED (this machine, one script; ratio = throughput / the in-process engine's, end to end)")
+    base = results[baseline]["wall"]
+    print(f"\nMEASURED (this machine, one script; ratio = throughput / that of '{baseline}', end to end)")
     print(f"{'run':24} {'wall s':>8} {'files/s':>8} {'audio s/s':>9} {'ratio':>6}   model-only s")
     for name, r in results.items():
         model = "" if r["model"] is None else f"{r['model']:.1f}"
@@ -135,10 +133,7 @@ def main() -> None:
             f"{name:24} {r['wall']:8.1f} {len(files) / r['wall']:8.2f} {audio_s / r['wall']:9.2f} {base / r['wall']:6.2f}"
             f"   {model}"
         )
-    print(
-        f"rows equal to the engine's: CLI {cli_rows == base_rows}, "
-        + ", ".join(f"batch x{n} {v}" for n, v in same.items())
-    )
+    print(f"rows equal to those of '{baseline}': " + ", ".join(f"{k}: {r['same']}" for k, r in results.items()))
 
     # projection: fixed start + decode (CPU tasks, in parallel with the model) + model work split over N actors
     one = results.get("batch, 1 actor(s)")

@@ -240,9 +240,9 @@ def test_manifest_with_ids_and_bad_rows(ray_local, model_dir, registry, audio_di
     }
     assert rows[3]["error"] == "list.jsonl:4: no 'audio' or 'path' field"
     assert rows[4]["error"] == f"{tmp_path / 'missing.wav'}: no such file"
-    # resume by id: rename nothing, rerun, nothing new but the errors
-    s2, rows2, _ = _run([man], tmp_path / "out", model_dir, registry)
-    assert s2.skipped == 2 and rows2 == rows
+    # resume by id: only the errors are tried again (here without the detection pass: --no-group)
+    s2, rows2, _ = _run([man], tmp_path / "out", model_dir, registry, group=False)
+    assert s2.skipped == 2 and s2.done == 3 and s2.detect_seconds == 0 and rows2 == rows
 
 
 def test_hf_dataset_folder_streamed(ray_local, model_dir, registry, audio_dir, tmp_path):
