@@ -212,8 +212,8 @@ def collect_inputs(specs: Iterable[str], options: BatchOptions) -> list[Item]:
 
 def _guess_kind(spec: str) -> str:
     p = Path(spec)
-    if p.is_file() and p.suffix.lower() in MANIFEST_EXTENSIONS:
-        return "manifest"
+    if p.suffix.lower() in MANIFEST_EXTENSIONS and not p.is_dir():
+        return "manifest"  # a missing one is reported as such
     if p.is_dir():
         if any(f.suffix.lower() in AUDIO_EXTENSIONS for f in p.rglob("*") if f.is_file()):
             return "files"
@@ -284,7 +284,10 @@ def _hf_items(spec: str, options: BatchOptions) -> list[Item]:
         raise
     except Exception as e:  # noqa: BLE001 - datasets raises many kinds; one line for the user
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise BatchError(f"data set {spec!r} ({options.config}, {options.split}): cannot load ({reason})") from e
+        where = "" if Path(spec).exists() else "not a file, folder or manifest here, and "
+        raise BatchError(
+            f"{spec}: {where}cannot load it as a data set (config {options.config}, split {options.split}: {reason})"
+        ) from e
 
 
 # ---- output: part files, resume, merge ------------------------------------------------------------------------

@@ -335,6 +335,10 @@ def test_inputs_globs_duplicates_and_units(audio_dir, tmp_path):
         and len(items) == N_GOOD + len(BAD) + 1
         and [i.index for i in items] == list(range(len(items)))
     )
+    with pytest.raises(BatchError, match="gone.jsonl: cannot read the manifest"):
+        collect_inputs([str(tmp_path / "gone.jsonl")], opts)
+    with pytest.raises(BatchError, match="not a file, folder or manifest here, and cannot load it as a data set"):
+        collect_inputs(["nobody/no-such-dataset"], opts)  # HF_HUB_OFFLINE in tests: fails at once
     with pytest.raises(BatchError, match="no file matches"):
         collect_inputs([str(audio_dir / "*.nothing")], opts)
     with pytest.raises(BatchError, match="input type 'x' is not one of"):
