@@ -486,7 +486,7 @@ class _Worker:
             ok = not isinstance(res, FileError)
             out["key"].append(str(unit["keys"][j]))
             out["index"].append(int(unit["indices"][j]))
-            out["row"].append(json.dumps(row, ensure_ascii=False))
+            out["row"].append(json.dumps(row, ensure_ascii=False, default=_plain))
             out["duration"].append(float(getattr(res, "duration", 0.0) or 0.0) if ok else 0.0)
             out["ok"].append(ok)
             out["route"].append(routes[j])
@@ -500,6 +500,13 @@ class _Worker:
         o = self.options
         r = route(det.languages or None, records, RouteRequest(o.adapter, o.domain, o.language, o.threshold))
         return r.adapter or "base"
+
+
+def _plain(value):
+    """JSON for what ``to_dict`` may leave as numpy scalars or arrays."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
 def _static_route(options, registry: str | None) -> str | None:
