@@ -49,7 +49,7 @@ def options_key(options) -> str:
     return json.dumps(d, sort_keys=True, default=str)
 
 
-@dataclass
+@dataclass(eq=False)  # identity: jobs hold numpy arrays, and the queue removes jobs by identity
 class Job:
     """One request: one input for the engine and the options to run it with."""
 
@@ -187,7 +187,12 @@ class Scheduler:
 
     def _loop(self) -> None:
         while True:
-            batch = self._take()
+            try:
+                batch = self._take()
+            except Exception:  # noqa: BLE001 - never let the thread die: requests would hang
+                logger.exception("scheduler: cannot form a batch")
+                time.sleep(0.1)
+                continue
             if batch is None:
                 return
             try:
