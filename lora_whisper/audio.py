@@ -92,3 +92,71 @@ def expand_inputs(paths: list) -> list:
         else:
             out.append(p)
     return out
+
+
+def audio_info(path: str | Path) -> float:
+    """Duration in seconds without decoding the file (the same checks and one-line errors as load_audio)."""
+    import soundfile as sf
+
+    path = Path(path)
+    if not path.exists():
+        raise AudioError(f"{path}: no such file")
+    if path.is_dir():
+        raise AudioError(f"{path}: is a folder, not an audio file")
+    if path.stat().st_size == 0:
+        raise AudioError(f"{path}: empty file")
+    try:
+        info = sf.info(str(path))
+    except Exception as e:  # noqa: BLE001 - libsndfile raises several types; report one line
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise AudioError(f"{path}: cannot decode audio ({reason})") from e
+    return info.frames / info.samplerate if info.samplerate else 0.0
+
+
+def stream_audio(path: str | Path, block_seconds: float, sample_rate: int = SAMPLE_RATE):
+    """Yield (offset_seconds, samples) blocks of at most ``block_seconds`` of mono float32 audio at ``sample_rate``.
+
+    The file is read and resampled incrementally (soundfile blocks + soxr's streaming resampler), so memory stays
+    bounded by the block size whatever the file's length.
+    """
+    import soundfile as sf
+    import soxr
+
+    path = Path(path)
+    audio_info(path)  # same errors as load_audio for missing/empty/undecodable files
+    n_out = int(block_seconds * sample_rate)
+    try:
+        f = sf.SoundFile(str(path))
+    except Exception as e:  # noqa: BLE001
+        raise AudioError(f"{path}: cannot decode audio ({str(e).splitlines()[0]})") from e
+    with f:
+        rs = soxr.ResampleStream(f.samplerate, sample_rate, 1, dtype="float32") if f.samplerate != sample_rate else None
+        buf: list[np.ndarray] = []
+        have, offset, peak, total = 0, 0, 0.0, 0
+        read = max(1, int(f.samplerate * 10))
+        while True:
+            try:
+                x = f.read(read, dtype="float32", always_2d=True)
+            except Exception as e:  # noqa: BLE001
+                raise AudioError(f"{path}: cannot decode audio ({str(e).splitlines()[0]})") from e
+            last = len(x) < read
+            x = x.mean(axis=1) if len(x) else np.zeros(0, np.float32)
+            y = rs.resample_chunk(x, last=last) if rs is not None else x
+            y = np.ascontiguousarray(y, dtype=np.float32)
+            if len(y):
+                if not np.isfinite(y).all():
+                    raise AudioError(f"{path}: audio contains NaN or infinite samples")
+                peak = max(peak, float(np.abs(y).max()))
+                buf.append(y)
+                have += len(y)
+            while have >= n_out or (last and have):
+                block = np.concatenate(buf)
+                out, rest = block[:n_out], block[n_out:]
+                buf, have = ([rest] if len(rest) else []), len(rest)
+                total += len(out)
+                yield offset / sample_rate, out
+                offset += len(out)
+            if last:
+                break
+    if total < MIN_SECONDS * sample_rate:
+        raise AudioError(f"{path}: only {total / sample_rate:.3f} s of audio (truncated?)")

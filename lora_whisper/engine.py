@@ -1,27 +1,48 @@
-"""The engine: one base, adapters cached in one peft model, detect -> route -> swap -> generate, batched."""
+"""The engine: files -> detect -> route -> decode -> results.
+
+The walk of one file: ``transcribe`` reads it (streamed in blocks when long), optionally keeps only speech (VAD),
+detects the language on its first 30 s of speech (``Decoder.language_probs``), routes it (``routing.route``, a pure
+function), makes the adapter resident (``AdapterPool``) and decodes with Whisper's algorithm (``Decoder.generate``:
+timestamps, previous-text prompt, temperature fallback). Segments come out as they are decoded (``stream``).
+
+Short inputs (at most 30 s, or VAD pieces in ``batched`` mode) are decoded in batches; longer ones sequentially,
+Whisper's long-form algorithm, one file at a time.
+"""
 
 from __future__ import annotations
 
 import logging
-import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
 
-from .audio import SAMPLE_RATE, AudioError, Chunk, chunk_audio, expand_inputs, load_audio
-from .base import Base
-from .registry import AdapterRecord, Registry, RegistryError, check_adapter_files, check_base
-from .routing import Route, RouteRequest, route
+from .adapters import AdapterPool, adapter_key
+from .audio import SAMPLE_RATE, AudioError, audio_info, expand_inputs, load_audio, stream_audio
+from .decoding import BLOCK_SECONDS, TASKS, TEMPERATURES, WINDOW_SECONDS, DecodeOptions, Decoder, Piece, Segment, Word
+from .registry import AdapterRecord, Registry
+from .routing import Route, RouteRequest, accept_claim, route, should_consult
 
 logger = logging.getLogger("lora_whisper")
 
+__all__ = [
+    "Detection",
+    "Engine",
+    "FileError",
+    "Segment",
+    "TranscribeOptions",
+    "Transcription",
+    "Word",
+    "adapter_key",
+]
+
+LONG_FORM_MODES = ("sequential", "batched")
+
 
 @dataclass
-class TranscribeOptions:
-    """Options of a transcription run."""
+class TranscribeOptions(DecodeOptions):
+    """Options of a transcription run: routing, batching, and the decoding options (``DecodeOptions``)."""
 
     language: str | None = None
     """Force this language (skip detection)."""
@@ -34,42 +55,53 @@ class TranscribeOptions:
     threshold: float = 0.5
     """Minimum language probability to use a language's adapter."""
     per_segment: bool = False
-    """Detect and route every 30 s chunk on its own (code-switched recordings)."""
+    """Detect and route every speech segment (VAD) on its own (code-switched recordings)."""
+    vad: bool = False
+    """Decode speech regions only (Silero VAD): silence is skipped, a file without speech gives no text."""
+    long_form: str = "sequential"
+    """``sequential``: Whisper's algorithm, window after window, each prompted with the text before it.
+    ``batched``: VAD pieces of up to 30 s decoded in batches (faster, no context across pieces)."""
     batch_size: int = 8
-    """Chunks per encoder / generate call."""
-    beam_size: int = 1
-    """1 = greedy."""
-    max_new_tokens: int = 440
-    """Token limit per chunk (Whisper's context is 448 including the prompt)."""
+    """Pieces per encoder / generate call."""
     top_k: int = 5
     """Language probabilities reported per file."""
     merge: bool = False
-    """Merge an adapter into the weights while a group of chunks uses it (into a float32 copy when the base is 8-bit:
-    merging into int8 weights loses accuracy, FACTS.md), unmerge after."""
+    """Merge an adapter into the weights while a group uses it (into a float32 copy when the base is 8-bit)."""
     combine: str | None = None
-    """With --domain: combine the language adapter and the domain adapter (peft add_weighted_adapter: linear, cat,
-    ties) into one derived adapter, cached."""
+    """With --domain: combine the language adapter and the domain adapter (peft add_weighted_adapter)."""
     combine_weights: tuple[float, float] = (1.0, 1.0)
     """Weights of (language adapter, domain adapter) in the combination."""
     consult_below: float = 0.8
-    """When the base's top language probability is below this, ask the candidate adapters: one trained with its
-    language token in the labels recognises its own acoustic domain (synthetic voices fool the base). 0 disables."""
+    """When the base's top language probability is below this, ask the candidate adapters (0 disables)."""
     batching: str = "grouped"
-    """'grouped': one generate per adapter (set_adapter between groups); 'mixed': rows of different adapters in one
-    generate call (peft adapter_names=)."""
+    """'grouped': one generate per adapter; 'mixed': rows of different adapters in one generate call (peft
+    adapter_names; decoded without temperature fallback, which re-batches rows and peft cannot follow)."""
 
+    def validate(self, languages: dict[str, int] | None = None) -> None:
+        """Raise ValueError naming the first bad option and what is allowed."""
+        if self.task not in TASKS:
+            raise ValueError(f"task {self.task!r} is not one of {list(TASKS)}")
+        if self.beam_size < 1:
+            raise ValueError(f"beam size {self.beam_size} must be 1 (greedy) or more")
+        if not self.temperature or any(t < 0 for t in self.temperature):
+            raise ValueError(f"temperature {self.temperature}: give one or more values >= 0, e.g. 0,0.2,0.4")
+        if self.max_new_tokens is not None and not 1 <= self.max_new_tokens <= 440:
+            raise ValueError(f"max new tokens {self.max_new_tokens} must be between 1 and 440")
+        if self.long_form not in LONG_FORM_MODES:
+            raise ValueError(f"long-form mode {self.long_form!r} is not one of {list(LONG_FORM_MODES)}")
+        if self.batching not in ("grouped", "mixed"):
+            raise ValueError(f"batching {self.batching!r} is not one of ['grouped', 'mixed']")
+        if self.batch_size < 1:
+            raise ValueError(f"batch size {self.batch_size} must be 1 or more")
+        if languages:
+            for code in [self.language, *(self.languages or [])]:
+                if code is not None and code not in languages:
+                    raise ValueError(
+                        f"language {code!r} is not one of the base's languages: {', '.join(sorted(languages))}"
+                    )
 
-@dataclass
-class Segment:
-    """One chunk of a file, as transcribed."""
-
-    start: float
-    end: float
-    text: str
-    language: str | None
-    language_probability: float | None
-    adapter: str | None
-    merged: bool = False
+    def decode_options(self) -> DecodeOptions:
+        return DecodeOptions(**{f.name: getattr(self, f.name) for f in fields(DecodeOptions)})
 
 
 @dataclass
@@ -92,6 +124,7 @@ class Transcription:
 
     def to_dict(self) -> dict:
         d = asdict(self)
+        d["segments"] = [s.to_dict() for s in self.segments]
         d["languages"] = {k: round(v, 4) for k, v in d["languages"].items()}
         if d["language_probability"] is not None:
             d["language_probability"] = round(d["language_probability"], 4)
@@ -127,248 +160,70 @@ class Detection:
         }
 
 
-def adapter_key(ref: str) -> str:
-    """peft adapter names are module-dict keys: no dots."""
-    return ref.replace(".", "_")
+@dataclass
+class _Unit:
+    """A piece of one input on its way through detect -> route -> decode."""
+
+    file: int
+    piece: Piece
+    features: object = None
+    encoded: object = None
+    probs: dict[str, float] | None = None
+    route: Route | None = None
+    adapter_encoded: dict = field(default_factory=dict)
 
 
 class Engine:
-    """Owns the base and the resident adapters (LRU); applies routes; batches work."""
+    """One base, a pool of resident adapters, a decoder: transcribes files with routing."""
 
-    def __init__(self, base: Base, registry: Registry | None = None, cache_size: int = 4):
+    def __init__(self, base, registry: Registry | None = None, cache_size: int = 4):
         self.base = base
         self.registry = registry
-        self.cache_size = cache_size
-        self.peft = None
-        self.resident: OrderedDict[str, AdapterRecord] = OrderedDict()
-        self._failed: dict[str, str] = {}
-        self.pinned: dict[str, AdapterRecord] = {}
-        self._merged_cache: tuple[str, object] | None = None
-        tok = base.processor.tokenizer
-        self.sot = tok.convert_tokens_to_ids("<|startoftranscript|>")
-        self.dtype = base.model.model.encoder.conv1.weight.dtype
+        self.decoder = Decoder(base)
+        self.pool = AdapterPool(base, registry, cache_size)
 
-    # ---- adapters ------------------------------------------------------------------------------------------
-    def load_adapter(self, record: AdapterRecord) -> str:
-        """Make ``record`` resident (lazily, LRU) and return its peft adapter name.
+    # kept for callers of the first release
+    @property
+    def resident(self):
+        return self.pool.resident
 
-        Raises:
-            RegistryError / AdapterMismatchError: corrupt files, pickles, or another base.
-        """
-        key = adapter_key(record.ref)
-        if key in self.resident:
-            self.resident.move_to_end(key)
-            return key
-        check_base(record, self.base.identity.to_dict())
-        check_adapter_files(record.path)
-        from peft import PeftModel
-
-        t = time.perf_counter()
-        try:
-            if self.peft is None:
-                self.peft = PeftModel.from_pretrained(
-                    self.base.model, str(record.path), adapter_name=key, is_trainable=False
-                )
-                self.peft.eval()
-            else:
-                self.peft.load_adapter(str(record.path), adapter_name=key, is_trainable=False)
-        except Exception as e:  # noqa: BLE001 - peft/safetensors raise many kinds; report one line
-            raise RegistryError(
-                f"adapter {record.ref}: cannot load ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
-            ) from e
-        self.resident[key] = record
-        logger.debug("loaded adapter %s in %.0f ms", record.ref, 1000 * (time.perf_counter() - t))
-        while len(self.resident) > self.cache_size:
-            old, _ = self.resident.popitem(last=False)
-            self.peft.delete_adapter(old)
-        return key
-
-    def _set(self, key: str | None):
-        """Activate one adapter (hot swap) or none; returns a context manager."""
-        import contextlib
-
-        if key is None:
-            return self.peft.disable_adapter() if self.peft is not None else contextlib.nullcontext()
-        self.peft.set_adapter(key)
-        return contextlib.nullcontext()
-
-    def combined(self, refs: list[str], options: TranscribeOptions) -> AdapterRecord:
-        """A derived adapter combining resident ones (peft add_weighted_adapter), cached like any other."""
-        key = self._key_for("+".join(refs), options)
-        if key in self.resident:
-            self.resident.move_to_end(key)
-            return self.resident[key]
-        recs = [self.registry.get(r) if r not in self.pinned else self.pinned[r] for r in refs]
-        keys = [self.load_adapter(r) for r in recs]
-        kwargs = {"density": 0.5} if options.combine in ("ties", "dare_linear", "dare_ties") else {}
-        self.peft.add_weighted_adapter(
-            keys,
-            list(options.combine_weights)[: len(keys)],
-            adapter_name=key,
-            combination_type=options.combine,
-            **kwargs,
-        )
-        first = recs[-1]
-        derived = AdapterRecord(
-            name="+".join(r.name for r in recs),
-            version=0,
-            language=first.language,
-            base=first.base,
-            domain=first.domain,
-            lora={
-                "scope": "decoder" if all(r.decoder_only for r in recs) else "encoder+decoder",
-                "combination": options.combine,
-                "of": refs,
-            },
-        )
-        self.resident[key] = derived
-        return derived
+    @property
+    def peft(self):
+        return self.pool.peft
 
     def pin(self, record: AdapterRecord) -> None:
         """Make an adapter that is not (yet) in the registry resolvable by its reference (used after training)."""
-        self.pinned[record.ref] = record
+        self.pool.add(record)
 
-    def resolve(self, ref: str) -> tuple[AdapterRecord | None, str | None]:
-        """Find and load an adapter; on failure return (None, warning) so the run goes on with the base."""
-        if ref in self._failed:
-            return None, self._failed[ref]
-        try:
-            if ref in self.pinned:
-                rec = self.pinned[ref]
-            elif self.registry is None:
-                raise RegistryError(f"adapter {ref!r}: no registry")
-            else:
-                rec = self.registry.get(ref)
-            self.load_adapter(rec)
-            return rec, None
-        except RegistryError as e:
-            msg = f"{e}; using the base instead"
-            self._failed[ref] = msg
-            logger.warning(msg)
-            return None, msg
+    def features(self, audios):
+        return self.decoder.features(audios)
 
-    # ---- model steps ---------------------------------------------------------------------------------------
-    def features(self, audios: list[np.ndarray]):
-        fe = self.base.processor.feature_extractor
-        f = fe(audios, sampling_rate=SAMPLE_RATE, return_tensors="pt").input_features
-        return f.to(self.base.device, self.dtype)
+    def encode(self, features, adapter: str | None = None):
+        with self.pool.active(adapter):
+            return self.decoder.encode(features)
 
-    def encode(self, features, adapter: str | None = None, model=None):
-        import torch
-
-        if model is not None:
-            with torch.inference_mode():
-                return model.model.encoder(features.float()).last_hidden_state
-        with torch.inference_mode(), self._set(adapter):
-            return self.base.model.model.encoder(features).last_hidden_state
-
-    def encode_rows(self, features, adapter_names: list[str]):
-        """Encoder pass with a different adapter per row (peft adapter_names; "__base__" = none)."""
-        import torch
-
-        with torch.inference_mode(), self.peft._enable_peft_forward_hooks(adapter_names=adapter_names):
-            return self.base.model.model.encoder(features).last_hidden_state
-
-    def language_probs(
-        self, encoded, candidates: list[str] | None = None, adapter: str | None = None
-    ) -> list[dict[str, float]]:
-        """Language probabilities from one decoder step on encoder output.
-
-        Written by hand because transformers' ``detect_language`` returns only the argmax token, and Whisper's own
-        method (openai/whisper decoding.detect_language) is exactly this: softmax of the logits after
-        <|startoftranscript|>, over the language tokens.
-        """
-        import torch
-
-        langs = self.base.languages
-        if not langs:
-            return [{} for _ in range(len(encoded))]
-        names = [c for c in (candidates or langs) if c in langs] or list(langs)
-        ids = torch.tensor([langs[c] for c in names], device=encoded.device)
-        start = torch.full((len(encoded), 1), self.sot, device=encoded.device)
-        with torch.inference_mode(), self._set(adapter):
-            logits = self.base.model(encoder_outputs=(encoded,), decoder_input_ids=start).logits[:, -1]
-        probs = logits.float()[:, ids].softmax(-1).cpu().numpy()
-        return [dict(sorted(zip(names, map(float, row)), key=lambda kv: -kv[1])) for row in probs]
-
-    def generate(
-        self,
-        encoded,
-        languages: list[str | None],
-        adapter: str | None,
-        options: TranscribeOptions,
-        model=None,
-        adapter_names: list[str] | None = None,
-    ) -> list[str]:
-        """Greedy/beam decoding from encoder output, in each row's language, with one adapter, per-row adapters
-        (``adapter_names``), or a separate merged ``model``."""
-        import contextlib
-
-        import torch
-        from transformers.modeling_outputs import BaseModelOutput
-
-        kwargs = dict(task="transcribe") if self.base.languages else {}
-        if self.base.languages:
-            kwargs["language"] = languages if len(set(languages)) > 1 else languages[0]
-        if adapter_names is not None:
-            ctx = self.peft._enable_peft_forward_hooks(adapter_names=adapter_names)
-        elif model is not None:
-            ctx = contextlib.nullcontext()
-        else:
-            ctx = self._set(adapter)
-        with torch.inference_mode(), ctx:
-            out = (model or self.base.model).generate(
-                encoder_outputs=BaseModelOutput(last_hidden_state=encoded.float() if model is not None else encoded),
-                num_beams=options.beam_size,
-                # the prompt (<|sot|><|lang|><|task|><|notimestamps|>) shares the decoder's context with the text
-                max_new_tokens=min(options.max_new_tokens, self.base.model.config.max_target_positions - 4),
-                **kwargs,
-            )
-        seqs = out.sequences if hasattr(out, "sequences") else out
-        return [t.strip() for t in self.base.processor.tokenizer.batch_decode(seqs, skip_special_tokens=True)]
-
-    # ---- pipelines -----------------------------------------------------------------------------------------
-    def _candidates(self, options: TranscribeOptions) -> list[str] | None:
-        if not options.languages:
-            return None
-        extra = self.registry.languages() if (self.registry and options.adapter == "auto") else set()
-        return sorted(set(options.languages) | extra)
-
-    def _load_all(self, paths: list[Path], errors: dict[int, FileError]) -> dict[int, np.ndarray]:
-        audios = {}
-        for i, p in enumerate(paths):
-            try:
-                audios[i] = p[1] if isinstance(p, tuple) else load_audio(p)
-            except AudioError as e:
-                errors[i] = FileError(_name(p), str(e))
-        return audios
-
+    # ---- public API -------------------------------------------------------------------------------------------
     def detect(
         self, paths: list[str | Path], options: TranscribeOptions | None = None
     ) -> Iterator[Detection | FileError]:
-        """Language probabilities per file (mean over its 30 s chunks); one encoder pass per chunk."""
+        """Language probabilities per file, from its first 30 s (of speech, with ``vad``)."""
         options = options or TranscribeOptions()
         candidates = self._candidates(options)
         for group in _groups(expand_inputs(paths), options.batch_size):
-            errors: dict[int, FileError] = {}
-            audios = self._load_all(group, errors)
-            chunks = [(i, c) for i, a in audios.items() for c in chunk_audio(a)]
-            probs = {}
-            for sub in _batches(chunks, options.batch_size):
-                enc = self.encode(self.features([c.audio for _, c in sub]))
-                for (i, _c), p in zip(sub, self.language_probs(enc, candidates)):
-                    probs.setdefault(i, []).append(p)
-            for i, p in enumerate(group):
+            units, errors, _ = self._short_units(group, options, first_only=True)
+            self._encode_detect(units, options, candidates)
+            for i, item in enumerate(group):
                 if i in errors:
                     yield errors[i]
                     continue
-                mean = _mean_probs(probs[i])
-                top = next(iter(mean), None)
-                yield Detection(_name(p), top, mean.get(top), dict(list(mean.items())[: options.top_k]))
+                mine = [u for u in units if u.file == i]
+                probs = mine[0].probs if mine else {}
+                top = next(iter(probs), None)
+                yield Detection(_name(item), top, probs.get(top), dict(list(probs.items())[: options.top_k]))
 
     def transcribe(
         self,
-        paths: list[str | Path],
+        paths: list,
         options: TranscribeOptions | None = None,
         progress: Callable[[int], None] | None = None,
     ) -> Iterator[Transcription | FileError]:
@@ -376,165 +231,193 @@ class Engine:
         options = options or TranscribeOptions()
         files = expand_inputs(paths)
         for group in _groups(files, max(options.batch_size, 1) * 2):
-            yield from self._transcribe_group(group, options)
-            if progress:
-                progress(len(group))
+            kinds = [self._kind(item, options) for item in group]
+            short = [i for i, k in enumerate(kinds) if k == "short"]
+            results = self._transcribe_short([group[i] for i in short], options) if short else []
+            by_index = dict(zip(short, results))
+            for i, item in enumerate(group):
+                if isinstance(kinds[i], FileError):
+                    res = kinds[i]
+                elif i in by_index:
+                    res = by_index[i]
+                else:
+                    res = [r for r in self.stream(item, options) if not isinstance(r, Segment)][-1]
+                yield res
+                if progress:
+                    progress(1)
 
-    def _transcribe_group(self, group: list[Path], options: TranscribeOptions) -> list[Transcription | FileError]:
+    def stream(self, item, options: TranscribeOptions | None = None) -> Iterator[Segment | Transcription | FileError]:
+        """Transcribe one input, yielding its segments as they are decoded, then the Transcription (or a FileError).
+
+        Memory stays flat in the length of the audio: long files are read and decoded in blocks.
+        """
+        options = options or TranscribeOptions()
+        kind = self._kind(item, options)
+        if isinstance(kind, FileError):
+            yield kind
+            return
+        if kind == "short":
+            (res,) = self._transcribe_short([item], options)
+            if isinstance(res, Transcription):
+                yield from res.segments
+            yield res
+            return
+        yield from self._transcribe_long(item, options)
+
+    # ---- inputs ------------------------------------------------------------------------------------------------
+    def _kind(self, item, options: TranscribeOptions):
+        """'short' (decoded in batches, in memory) or 'long' (streamed in blocks), or a FileError."""
+        try:
+            seconds = len(item[1]) / SAMPLE_RATE if isinstance(item, tuple) else audio_info(item)
+        except AudioError as e:
+            return FileError(_name(item), str(e))
+        return "long" if seconds > WINDOW_SECONDS + 0.05 else "short"
+
+    def _blocks(self, item):
+        if isinstance(item, tuple):
+            n = int(BLOCK_SECONDS * SAMPLE_RATE)
+            for k in range(0, len(item[1]), n):
+                yield k / SAMPLE_RATE, item[1][k : k + n]
+        else:
+            yield from stream_audio(item, BLOCK_SECONDS)
+
+    def _pieces(self, audio: np.ndarray, offset: float, options: TranscribeOptions, split: bool) -> list[Piece]:
+        """The pieces of a block: speech regions packed into <= 30 s (VAD), or the block itself when it fits, or
+        30 s windows (``split`` without VAD)."""
+        if options.vad or (split and len(audio) > WINDOW_SECONDS * SAMPLE_RATE):
+            from .vad import VadOptions, pack, speech_regions
+
+            if options.vad:
+                vo = VadOptions(max_speech_duration_s=WINDOW_SECONDS) if split else VadOptions()
+                regions = speech_regions(audio, vo)
+            else:
+                n = int(WINDOW_SECONDS * SAMPLE_RATE)
+                regions = [(k, min(k + n, len(audio))) for k in range(0, len(audio), n)]
+            out = []
+            for group in pack(regions, WINDOW_SECONDS):
+                a = np.concatenate([audio[s:e] for s, e in group])
+                spans = [(offset + s / SAMPLE_RATE, offset + e / SAMPLE_RATE) for s, e in group]
+                out.append(Piece(a, spans[0][0], spans))
+            return out
+        return [Piece(audio, offset)]
+
+    def _short_units(self, group, options, first_only=False):
         errors: dict[int, FileError] = {}
-        audios = self._load_all(group, errors)
-        chunks: list[tuple[int, Chunk]] = [(i, c) for i, a in audios.items() for c in chunk_audio(a)]
-        if not chunks:
-            return [errors[i] for i in range(len(group))]
+        units: list[_Unit] = []
+        durations: dict[int, float] = {}
+        for i, item in enumerate(group):
+            try:
+                # with VAD, a silent file is no error: it has no speech, so no text
+                audio = item[1] if isinstance(item, tuple) else load_audio(item, check_silence=not options.vad)
+            except AudioError as e:
+                errors[i] = FileError(_name(item), str(e))
+                continue
+            durations[i] = round(len(audio) / SAMPLE_RATE, 3)
+            split = options.long_form == "batched" or options.per_segment
+            pieces = self._pieces(audio, 0.0, options, split)
+            for p in pieces[:1] if first_only else pieces:
+                units.append(_Unit(i, p))
+        return units, errors, durations
+
+    # ---- detection and routing -------------------------------------------------------------------------------
+    def _candidates(self, options: TranscribeOptions) -> list[str] | None:
+        if not options.languages:
+            return None
+        extra = self.registry.languages() if (self.registry and options.adapter == "auto") else set()
+        return sorted(set(options.languages) | extra)
+
+    def _encode_detect(self, units: list[_Unit], options: TranscribeOptions, candidates=None, detect=True) -> None:
+        """Features and base encoder output of every unit; language probabilities unless the language is forced."""
+        for batch in _groups(units, options.batch_size):
+            f = self.decoder.features([u.piece.audio for u in batch])
+            with self.pool.active(None):
+                enc = self.decoder.encode(f)
+                p = self.decoder.language_probs(enc, candidates) if detect else [None] * len(batch)
+            for k, u in enumerate(batch):
+                u.features, u.encoded, u.probs = f[k : k + 1], enc[k : k + 1], p[k]
+
+    def _route_units(self, units: list[_Unit], options: TranscribeOptions, warnings: dict[int, list[str]]) -> None:
+        """Give every unit its route: per file (from the file's first piece, as Whisper detects on its first 30 s
+        of speech) or per unit (``per_segment``)."""
         records = self.registry.active() if (self.registry and options.adapter != "none") else []
         request = RouteRequest(options.adapter, options.domain, options.language, options.threshold)
-        candidates = self._candidates(options)
-        feats = [None] * len(chunks)
-        base_enc = [None] * len(chunks)
-        probs: list[dict[str, float] | None] = [None] * len(chunks)
-        for idx in _batches(list(range(len(chunks))), options.batch_size):
-            f = self.features([chunks[j][1].audio for j in idx])
-            enc = self.encode(f)
-            p = self.language_probs(enc, candidates) if not options.language else [None] * len(idx)
-            for k, j in enumerate(idx):
-                feats[j], base_enc[j], probs[j] = f[k : k + 1], enc[k : k + 1], p[k]
+        owners: dict = {}
+        for j, u in enumerate(units):
+            key = j if options.per_segment else u.file
+            owners.setdefault(key, []).append(u)
+        consulted = self._consult(owners, records, options)
+        for key, members in owners.items():
+            if key in consulted:
+                r = consulted[key]
+            else:
+                r = route(members[0].probs or None, records, request)
+                r = self._resolve_route(r, options, warnings.setdefault(members[0].file, []))
+            for u in members:
+                u.route = Route(r.language, r.probability, r.adapter, r.reason)
 
-        # route per file (mean of its chunks' probabilities) or per chunk
-        file_probs = {i: _mean_probs([probs[j] for j, (fi, _) in enumerate(chunks) if fi == i]) for i in audios}
-        routes: list[Route] = []
-        warnings: dict[int, list[str]] = {i: [] for i in audios}
-        adapter_enc: dict = {}
-        consulted = self._consult(chunks, feats, base_enc, probs, file_probs, records, options, adapter_enc)
-        for j, (i, _) in enumerate(chunks):
-            if (j if options.per_segment else i) in consulted:
-                routes.append(consulted[j if options.per_segment else i])
-                continue
-            r = route(probs[j] if options.per_segment else file_probs[i] or None, records, request)
-            if r.adapter is not None:
-                rec, warn = self.resolve(r.adapter)
-                if rec is None:
-                    warnings[i].append(warn)
-                    r = Route(r.language, r.probability, None, warn)
-                else:
-                    r.adapter = rec.ref
-                    lang_rec = (
-                        self.registry.find(r.language) if (self.registry and options.combine and rec.domain) else None
-                    )
-                    if lang_rec is not None and lang_rec.ref != rec.ref and options.adapter == "auto":
-                        try:
-                            self.combined([lang_rec.ref, rec.ref], options)
-                            r.adapter, r.reason = (
-                                f"{lang_rec.ref}+{rec.ref}",
-                                r.reason + f" + {lang_rec.ref} ({options.combine})",
-                            )
-                        except Exception as e:  # noqa: BLE001 - e.g. linear needs equal ranks: say so, keep the domain adapter
-                            warnings[i].append(f"cannot combine {lang_rec.ref} and {rec.ref}: {str(e).splitlines()[0]}")
-            routes.append(r)
+    def _resolve_route(self, r: Route, options: TranscribeOptions, warn: list[str]) -> Route:
+        """Load the routed adapter (or fall back to the base with a warning); build a combination if asked."""
+        if r.adapter is None:
+            return r
+        rec, msg = self.pool.resolve(r.adapter)
+        if rec is None:
+            warn.append(msg)
+            return Route(r.language, r.probability, None, msg)
+        r.adapter = rec.ref
+        lang_rec = self.registry.find(r.language) if (self.registry and options.combine and rec.domain) else None
+        if lang_rec is not None and lang_rec.ref != rec.ref and options.adapter == "auto":
+            try:
+                self.pool.combined([lang_rec.ref, rec.ref], options.combine, options.combine_weights)
+                r.adapter = f"{lang_rec.ref}+{rec.ref}"
+                r.reason += f" + {lang_rec.ref} ({options.combine})"
+            except Exception as e:  # noqa: BLE001 - e.g. linear needs equal ranks: say so, keep the domain adapter
+                warn.append(f"cannot combine {lang_rec.ref} and {rec.ref}: {str(e).splitlines()[0]}")
+        return r
 
-        texts, merged = self._generate_routes(chunks, feats, base_enc, routes, options, adapter_enc)
-
-        results: list[Transcription | FileError] = []
-        for i, path in enumerate(group):
-            if i in errors:
-                results.append(errors[i])
-                continue
-            js = [j for j, (fi, _) in enumerate(chunks) if fi == i]
-            segs = [
-                Segment(
-                    chunks[j][1].start,
-                    chunks[j][1].end,
-                    texts[j],
-                    routes[j].language,
-                    routes[j].probability,
-                    routes[j].adapter,
-                    merged[j],
-                )
-                for j in js
-            ]
-            first = routes[js[0]]
-            lang_counts = {}
-            for s in segs:
-                lang_counts[s.language] = lang_counts.get(s.language, 0) + (s.end - s.start)
-            language = max(lang_counts, key=lang_counts.get) if options.per_segment else first.language
-            prob = (
-                first.probability
-                if not options.per_segment
-                else (file_probs[i].get(language) if file_probs[i] else None)
-            )
-            adapters = {s.adapter for s in segs}
-            results.append(
-                Transcription(
-                    file=_name(path),
-                    text=" ".join(s.text for s in segs if s.text).strip(),
-                    language=language,
-                    language_probability=prob,
-                    adapter=first.adapter if len(adapters) == 1 else ",".join(sorted(a or "base" for a in adapters)),
-                    merged=any(s.merged for s in segs),
-                    duration=round(len(audios[i]) / SAMPLE_RATE, 3),
-                    languages=dict(list(file_probs[i].items())[: options.top_k]) if file_probs[i] else {},
-                    route=first.reason,
-                    segments=segs,
-                    warnings=list(dict.fromkeys(warnings[i])),
-                )
-            )
-        return results
-
-    # ---- generation strategies -----------------------------------------------------------------------------------
-    def _key_for(self, ref: str | None, options: TranscribeOptions) -> str | None:
-        if ref is None:
-            return None
-        if "+" in ref:
-            return adapter_key(ref) + f"-{options.combine}"
-        return adapter_key(ref)
-
-    def _consult(self, chunks, feats, base_enc, probs, file_probs, records, options, adapter_enc) -> dict[int, Route]:
-        """Adapter-consulted detection for files (or chunks) the base is unsure about.
-
-        Each candidate adapter (the requested domain's, else the language adapters) scores its own language on the
-        audio; the best one at 0.5 or more wins. Its encoder output is kept for transcription (no second pass).
-        """
+    def _consult(self, owners: dict, records: list[AdapterRecord], options: TranscribeOptions) -> dict:
+        """Adapter-consulted detection where the base is unsure (``routing.should_consult``): each candidate adapter
+        scores its own language on the audio, and ``routing.accept_claim`` decides. An adapter's encoder output is
+        kept for decoding (no second pass)."""
         import torch
 
-        if options.adapter != "auto" or options.language or not records or options.consult_below <= 0:
+        if options.adapter != "auto" or options.language or not records:
             return {}
         domains = [options.domain] if isinstance(options.domain, str) else list(options.domain or [])
         cands = [r for r in records if r.active and ((r.domain in domains) if domains else not r.domain)]
         if options.languages:
             cands = [r for r in cands if r.language in options.languages]
-        units = {}  # unit (file or chunk) -> chunk indices
-        for j, (i, _) in enumerate(chunks):
-            u = j if options.per_segment else i
-            top = probs[j] if options.per_segment else file_probs[i]
-            if top and max(top.values()) < options.consult_below:
-                units.setdefault(u, []).append(j)
-        if not units or not cands:
+        unsure = {k: m for k, m in owners.items() if m[0].probs and should_consult(m[0].probs, options.consult_below)}
+        if not unsure or not cands:
             return {}
-        js = sorted(j for v in units.values() for j in v)
-        best: dict[int, tuple[float, AdapterRecord]] = {}
+        first = [m[0] for m in unsure.values()]
+        best: dict = {}
         for rec in cands:
-            got, _warn = self.resolve(rec.ref)
+            got, _warn = self.pool.resolve(rec.ref)
             if got is None:
                 continue
             key = adapter_key(rec.ref)
             own = {}
-            for idx in _batches(js, options.batch_size):
-                if rec.decoder_only:
-                    enc = torch.cat([base_enc[j] for j in idx])
-                else:
-                    enc = self.encode(torch.cat([feats[j] for j in idx]), key)
-                    for k, j in enumerate(idx):
-                        adapter_enc[(j, key)] = enc[k : k + 1]
-                for j, p in zip(idx, self.language_probs(enc, None, key)):
-                    own[j] = p.get(rec.language, 0.0)
-            for u, members in units.items():
-                score = sum(own[j] for j in members) / len(members)
-                if score >= 0.5 and score > best.get(u, (0.0, None))[0]:
-                    best[u] = (score, rec)
+            with self.pool.using([key]):
+                for batch in _groups(first, options.batch_size):
+                    with self.pool.active(key):
+                        if rec.decoder_only:
+                            enc = torch.cat([u.encoded for u in batch])
+                        else:
+                            enc = self.decoder.encode(torch.cat([u.features for u in batch]))
+                            for k, u in enumerate(batch):
+                                u.adapter_encoded[key] = enc[k : k + 1]
+                        probs = self.decoder.language_probs(enc, None)
+                    for u, p in zip(batch, probs):
+                        own[id(u)] = p.get(rec.language, 0.0)
+            for k, members in unsure.items():
+                score = own[id(members[0])]
+                if accept_claim(members[0].probs, rec, score) and score > best.get(k, (0.0, None))[0]:
+                    best[k] = (score, rec)
         out = {}
-        for u, (score, rec) in best.items():
-            base_top = probs[u] if options.per_segment else file_probs[u]
+        for k, (score, rec) in best.items():
+            base_top = unsure[k][0].probs
             lang0 = max(base_top, key=base_top.get)
-            out[u] = Route(
+            out[k] = Route(
                 rec.language,
                 score,
                 rec.ref,
@@ -542,81 +425,260 @@ class Engine:
             )
         return out
 
-    def _generate_routes(self, chunks, feats, base_enc, routes, options: TranscribeOptions, adapter_enc=None):
-        """Texts (and merged flags) for every chunk, grouped by adapter or in mixed batches."""
+    # ---- decoding ----------------------------------------------------------------------------------------------
+    def _decode_units(self, units: list[_Unit], options: TranscribeOptions) -> dict[int, list[Segment]]:
+        """Segments of every unit (by position), grouped by adapter (or in mixed batches), pinned while used."""
         import torch
 
-        texts, merged = [""] * len(chunks), [False] * len(chunks)
-        if options.batching == "mixed" and not options.merge and len({r.adapter for r in routes}) > 1:
-            for idx in _batches(list(range(len(chunks))), options.batch_size):
-                keys = [self._key_for(routes[j].adapter, options) for j in idx]
-                recs = [self.resident.get(k) if k else None for k in keys]
-                enc_names = [k if (r is not None and not r.decoder_only) else "__base__" for k, r in zip(keys, recs)]
-                if any(n != "__base__" for n in enc_names):
-                    enc = self.encode_rows(torch.cat([feats[j] for j in idx]), enc_names)
-                else:
-                    enc = torch.cat([base_enc[j] for j in idx])
-                out = self.generate(
-                    enc, [routes[j].language for j in idx], None, options, adapter_names=[k or "__base__" for k in keys]
+        dec = options.decode_options()
+        out: dict[int, list[Segment]] = {}
+        refs = list(dict.fromkeys(u.route.adapter for u in units))
+        keys = {ref: self.pool.ensure(ref, options.combine, options.combine_weights) for ref in refs}
+        with self.pool.using(list(keys.values())):
+            if options.batching == "mixed" and not options.merge and len(refs) > 1:
+                for batch in _groups(list(enumerate(units)), options.batch_size):
+                    names = [keys[u.route.adapter] or "__base__" for _, u in batch]
+                    f = torch.cat([u.features for _, u in batch])
+                    with self.pool.rows(names):
+                        rows = self.decoder.generate(
+                            [u.route.language for _, u in batch], dec, features=f, fallback=False
+                        )
+                    for (j, u), raw in zip(batch, rows):
+                        out[j] = self._segments(u, raw, merged=False)
+                return out
+            for ref in refs:
+                members = [(j, u) for j, u in enumerate(units) if u.route.adapter == ref]
+                key = keys[ref]
+                rec = self.pool.resident.get(key) if key else None
+                merge = bool(options.merge and key)
+                ctx = self.pool.merged(key) if merge else _null()
+                with ctx as merged_model:
+                    for batch in _groups(members, options.batch_size):
+                        f = torch.cat([u.features for _, u in batch])
+                        langs = [u.route.language for _, u in batch]
+                        if merged_model is not None:  # a merged float32 copy: its own encoder and decoder
+                            rows = self.decoder.generate(
+                                langs, dec, features=f, model=merged_model, prompt=dec.initial_prompt
+                            )
+                        else:
+                            if rec is None or rec.decoder_only:
+                                enc = torch.cat([u.encoded for _, u in batch])  # the encoder is unchanged: reuse
+                            elif all(key in u.adapter_encoded for _, u in batch):
+                                enc = torch.cat([u.adapter_encoded[key] for _, u in batch])  # from consulting
+                            else:
+                                enc = None
+                            with self.pool.active(key):
+                                rows = self.decoder.generate(
+                                    langs, dec, features=f, encoded=enc, prompt=dec.initial_prompt
+                                )
+                        for (j, u), raw in zip(batch, rows):
+                            out[j] = self._segments(u, raw, merged=merge)
+        return out
+
+    def _segments(self, u: _Unit, raw: list[dict], merged: bool) -> list[Segment]:
+        segs = []
+        for r in raw:
+            if not r["text"]:
+                continue
+            words = None
+            if r["words"] is not None:
+                words = [
+                    Word(u.piece.to_file_time(w["start"]), u.piece.to_file_time(w["end"]), w["word"], w["probability"])
+                    for w in r["words"]
+                ]
+            start = u.piece.to_file_time(r["start"])
+            end = max(start, u.piece.to_file_time(r["end"]))
+            segs.append(
+                Segment(
+                    start,
+                    end,
+                    r["text"],
+                    u.route.language,
+                    u.route.probability,
+                    u.route.adapter,
+                    merged,
+                    words,
+                    r["avg_logprob"],
+                    r["compression_ratio"],
+                    r["no_speech_prob"],
+                    r["temperature"],
                 )
-                for j, t in zip(idx, out):
-                    texts[j] = t
-            return texts, merged
-        for ref in dict.fromkeys(r.adapter for r in routes):
-            members = [j for j, r in enumerate(routes) if r.adapter == ref]
-            key = self._key_for(ref, options)
-            rec = self.resident.get(key) if key else None
-            merge = bool(options.merge and key)
-            with self._merged(key) if merge else _null() as model:
-                for idx in _batches(members, options.batch_size):
-                    if model is not None:  # a merged float32 copy: its own encoder and decoder
-                        enc = self.encode(torch.cat([feats[j] for j in idx]), model=model)
-                    elif rec is None or rec.decoder_only:
-                        enc = torch.cat([base_enc[j] for j in idx])  # the encoder is unchanged: reuse its pass
-                    elif adapter_enc and all((j, key) in adapter_enc for j in idx):
-                        enc = torch.cat([adapter_enc[(j, key)] for j in idx])  # computed while consulting
+            )
+        return segs
+
+    def _transcribe_short(self, group: list, options: TranscribeOptions) -> list[Transcription | FileError]:
+        """Inputs of at most 30 s (or any length in ``batched`` mode, in memory): pieces decoded in batches."""
+        options.validate(self.base.languages)
+        units, errors, durations = self._short_units(group, options)
+        self._encode_detect(units, options, self._candidates(options), detect=not options.language)
+        warnings: dict[int, list[str]] = {}
+        segs: dict[int, list[Segment]] = {}
+        if units:
+            self._route_units(units, options, warnings)
+            segs = self._decode_units(units, options)
+        results = []
+        for i, item in enumerate(group):
+            if i in errors:
+                results.append(errors[i])
+                continue
+            mine = [j for j, u in enumerate(units) if u.file == i]
+            results.append(
+                self._result(
+                    item,
+                    [units[j] for j in mine],
+                    [s for j in mine for s in segs[j]],
+                    durations[i],
+                    options,
+                    warnings.get(i, []),
+                )
+            )
+        return results
+
+    def _result(
+        self, item, units: list[_Unit], segs: list[Segment], duration: float, options, warnings
+    ) -> Transcription:
+        first = units[0] if units else None
+        r = first.route if first else Route(options.language, None, None, "no speech found (VAD)")
+        probs = (first.probs or {}) if first else {}
+        language, prob = r.language, r.probability
+        if options.per_segment and segs:
+            spoken: dict = {}
+            for s in segs:
+                spoken[s.language] = spoken.get(s.language, 0.0) + (s.end - s.start)
+            language = max(spoken, key=spoken.get)
+            prob = probs.get(language)
+        adapters = {u.route.adapter for u in units} or {None}
+        return Transcription(
+            file=_name(item),
+            text=" ".join(s.text for s in segs).strip(),
+            language=language,
+            language_probability=prob,
+            adapter=r.adapter if len(adapters) == 1 else ",".join(sorted(a or "base" for a in adapters)),
+            merged=any(s.merged for s in segs),
+            duration=duration,
+            languages=dict(list(probs.items())[: options.top_k]),
+            route=r.reason,
+            segments=segs,
+            warnings=list(dict.fromkeys(warnings)),
+        )
+
+    def _transcribe_long(self, item, options: TranscribeOptions) -> Iterator[Segment | Transcription | FileError]:
+        """A long input, read in blocks: ``batched`` / per-segment routing decode its pieces in batches; otherwise
+        Whisper's sequential long-form algorithm on each block, routed once from the first 30 s of speech."""
+        options.validate(self.base.languages)
+        name = _name(item)
+        segs: list[Segment] = []
+        warnings: list[str] = []
+        first: _Unit | None = None
+        duration = 0.0
+        prompt = options.initial_prompt
+        carry = np.zeros(0, np.float32)  # audio of the block's last window, decoded again with the next block
+        carry_offset = 0.0
+        try:
+            blocks = self._blocks(item)
+            for offset, block in blocks:
+                duration = offset + len(block) / SAMPLE_RATE
+                if options.long_form == "batched" or options.per_segment:
+                    units = [_Unit(0, p) for p in self._pieces(block, offset, options, split=True)]
+                    if not units:
+                        continue
+                    self._encode_detect(units, options, self._candidates(options), detect=not options.language)
+                    if first is None or options.per_segment:
+                        w: dict = {}
+                        self._route_units(units, options, w)
+                        warnings += w.get(0, [])
+                        first = first or units[0]
                     else:
-                        enc = self.encode(torch.cat([feats[j] for j in idx]), key)
-                    out = self.generate(enc, [routes[j].language for j in idx], key, options, model=model)
-                    for j, t in zip(idx, out):
-                        texts[j], merged[j] = t, merge
-        return texts, merged
+                        for u in units:
+                            u.route = first.route
+                    out = self._decode_units(units, options)
+                    for j in range(len(units)):
+                        for s in out[j]:
+                            segs.append(s)
+                            yield s
+                    continue
+                audio = np.concatenate([carry, block]) if len(carry) else block
+                start = carry_offset if len(carry) else offset
+                pieces = self._pieces(audio, start, options, split=False)
+                speech = pieces[0] if not options.vad else _join(pieces, start)
+                if speech is None:
+                    carry = np.zeros(0, np.float32)
+                    continue
+                if first is None:
+                    head = Piece(speech.audio[: int(WINDOW_SECONDS * SAMPLE_RATE)], speech.offset, speech.spans)
+                    first = _Unit(0, head)
+                    self._encode_detect([first], options, self._candidates(options), detect=not options.language)
+                    w = {}
+                    self._route_units([first], options, w)
+                    warnings += w.get(0, [])
+                last_block = duration >= _total(item) - 1e-3
+                new, keep_until = self._decode_block(speech, first, options, prompt, last_block)
+                for s in new:
+                    segs.append(s)
+                    yield s
+                if options.condition_on_previous_text and segs:
+                    prompt = " ".join(s.text for s in segs[-20:])
+                # audio after the last kept segment goes round again with the next block
+                if keep_until is None:
+                    carry = np.zeros(0, np.float32)
+                else:
+                    cut = int(round((keep_until - start) * SAMPLE_RATE))
+                    carry, carry_offset = audio[cut:].copy(), keep_until
+        except AudioError as e:
+            yield FileError(name, str(e))
+            return
+        units = [first] if first else []
+        if duration < 0.1:
+            yield FileError(name, f"{name}: only {duration:.3f} s of audio (truncated?)")
+            return
+        yield self._result(item, units, segs, round(duration, 3), options, warnings)
 
-    def _merged(self, key: str):
-        """Context: the adapter merged into weights. float32 base: merge in place, unmerge after (exact).
-        8-bit base: a float32 copy with the adapter merged (cached for the next group), since merging into int8
-        weights loses accuracy and unmerging does not restore them (FACTS.md)."""
-        import contextlib
+    def _decode_block(self, speech: Piece, first: _Unit, options, prompt, last_block: bool):
+        """Sequential long-form decoding of one block with the file's route. Returns (segments, keep_until): the
+        block's last window is dropped unless this is the last block, and decoded again with the next one."""
+        dec = options.decode_options()
+        r = first.route
+        key = self.pool.ensure(r.adapter, options.combine, options.combine_weights)
+        feats, mask = self.decoder.long_features(speech.audio)
+        unit = _Unit(0, speech, route=r)
+        with self.pool.using([key]):
+            if options.merge and key:
+                with self.pool.merged(key) as merged_model, self.pool.active(key) if merged_model is None else _null():
+                    raw = self.decoder.generate(
+                        [r.language], dec, features=feats, attention_mask=mask, model=merged_model, prompt=prompt
+                    )
+                merged = True
+            else:
+                with self.pool.active(key):
+                    raw = self.decoder.generate([r.language], dec, features=feats, attention_mask=mask, prompt=prompt)
+                merged = False
+        rows = raw[0]
+        block_end = len(speech.audio) / SAMPLE_RATE
+        keep_until = None
+        if not last_block and rows:
+            # the block's last window was decoded against audio cut at the block's end: its segments (and any that
+            # end near the cut) are decoded again at the start of the next block, prompted with the text before
+            last_window = rows[-1]["window"]
+            kept = [x for x in rows if x["window"] != last_window and x["end"] <= block_end - 1.0]
+            if kept:
+                rows = kept
+                keep_until = speech.to_file_time(kept[-1]["end"])
+        return self._segments(unit, rows, merged), keep_until
 
-        @contextlib.contextmanager
-        def in_place():
-            self.peft.set_adapter(key)
-            self.peft.merge_adapter([key])
-            try:
-                yield None
-            finally:
-                self.peft.unmerge_adapter()
 
-        if self.base.quantize == "none":
-            return in_place()
-        return contextlib.nullcontext(self._merged_copy(key))
+def _join(pieces: list[Piece], offset: float) -> Piece | None:
+    """One piece of all speech in a block (VAD regions concatenated), or None without speech."""
+    if not pieces:
+        return None
+    audio = np.concatenate([p.audio for p in pieces])
+    spans = [s for p in pieces for s in p.spans]
+    return Piece(audio, spans[0][0] if spans else offset, spans)
 
-    def _merged_copy(self, key: str):
-        if self._merged_cache and self._merged_cache[0] == key:
-            return self._merged_cache[1]
-        from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
 
-        from .base import load_model
-
-        self._merged_cache = None  # free the previous copy first
-        # the resident adapter's LoRA weights (loaded or derived by combination) go onto a float32 base, then merge
-        fp32 = load_model(self.base.path, "none", self.base.device)
-        model = get_peft_model(fp32, self.peft.peft_config[key], adapter_name=key)
-        set_peft_model_state_dict(model, get_peft_model_state_dict(self.peft, adapter_name=key), adapter_name=key)
-        model = model.merge_and_unload()
-        model.eval()
-        self._merged_cache = (key, model)
-        return model
+def _total(item) -> float:
+    if isinstance(item, tuple):
+        return len(item[1]) / SAMPLE_RATE
+    return audio_info(item)
 
 
 def _null():
@@ -634,13 +696,4 @@ def _groups(items: list, n: int) -> Iterator[list]:
         yield items[k : k + n]
 
 
-_batches = _groups
-
-
-def _mean_probs(rows: list[dict[str, float] | None]) -> dict[str, float]:
-    rows = [r for r in rows if r]
-    if not rows:
-        return {}
-    keys = rows[0].keys()
-    mean = {k: sum(r.get(k, 0.0) for r in rows) / len(rows) for k in keys}
-    return dict(sorted(mean.items(), key=lambda kv: -kv[1]))
+__all__ += ["TEMPERATURES"]

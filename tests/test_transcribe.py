@@ -43,7 +43,7 @@ def test_chunking_over_30s():
 def test_batch_goes_on_after_bad_files(tiny_base, wavs):
     engine = Engine(tiny_base)
     order = ["good", "empty", "text", "mp3", "truncated", "silence", "missing", "good2"]
-    results = list(engine.transcribe([wavs[k] for k in order], TranscribeOptions(batch_size=2, max_new_tokens=5)))
+    results = list(engine.transcribe([wavs[k] for k in order], TranscribeOptions(batch_size=2, max_new_tokens=5, temperature=(0.0,))))
     assert [type(r).__name__ for r in results] == [
         "Transcription",
         "FileError",
@@ -63,7 +63,7 @@ def test_batch_goes_on_after_bad_files(tiny_base, wavs):
 def test_batched_equals_one_at_a_time(tiny_base, wavs):
     engine = Engine(tiny_base)
     files = [wavs["good"], wavs["good2"], wavs["mp3"]]
-    opts = dict(max_new_tokens=6, language="fr")
+    opts = dict(max_new_tokens=6, language="fr", temperature=(0.0,))
     batched = [r.text for r in engine.transcribe(files, TranscribeOptions(batch_size=3, **opts))]
     single = [r.text for r in engine.transcribe(files, TranscribeOptions(batch_size=1, **opts))]
     assert batched == single
@@ -73,9 +73,9 @@ def test_language_restriction(tiny_base, wavs):
     engine = Engine(tiny_base)
     (d,) = engine.detect([wavs["good"]], TranscribeOptions(languages=["de", "es"]))
     assert set(d.languages) == {"de", "es"} and abs(sum(d.languages.values()) - 1) < 1e-5
-    (r,) = engine.transcribe([wavs["good"]], TranscribeOptions(languages=["de", "es"], max_new_tokens=3))
+    (r,) = engine.transcribe([wavs["good"]], TranscribeOptions(languages=["de", "es"], max_new_tokens=3, temperature=(0.0,)))
     assert r.language in ("de", "es")
-    (r,) = engine.transcribe([wavs["good"]], TranscribeOptions(language="pt", max_new_tokens=3))
+    (r,) = engine.transcribe([wavs["good"]], TranscribeOptions(language="pt", max_new_tokens=3, temperature=(0.0,)))
     assert r.language == "pt" and r.language_probability is None and r.languages == {}
 
 
@@ -110,6 +110,10 @@ def test_cli_contract_json_and_errors(tiny_model_dir, wavs, tmp_path):
         "--registry",
         str(tmp_path / "reg"),
         "transcribe",
+        "--temperature",
+        "0",
+        "--max-new-tokens",
+        "6",
         "--format",
         "json",
         str(wavs["good"]),
@@ -124,7 +128,7 @@ def test_cli_contract_json_and_errors(tiny_model_dir, wavs, tmp_path):
         assert {"file", "text", "language", "language_probability", "adapter", "merged"} <= set(x)
     assert res.stderr.strip() == f"error: {wavs['empty']}: empty file"
     out = tmp_path / "out"
-    res = runner.invoke(main, args[:7] + ["--format", "srt", "--out", str(out), str(wavs["good"])])
+    res = runner.invoke(main, args[:11] + ["--format", "srt", "--out", str(out), str(wavs["good"])])
     assert res.exit_code == 0 and (out / "good.srt").is_file()
     res = runner.invoke(main, args[:6] + ["detect", "--format", "json", "--languages", "fr,de", str(wavs["good"])])
     assert res.exit_code == 0 and set(json.loads(res.stdout)["languages"]) == {"fr", "de"}

@@ -1,0 +1,179 @@
+"""Long-form decoding on real recordings: lora-whisper vs faster-whisper on the same files and weights, one run.
+
+    python benchmarks/bench_longform.py --speech DIR [--audio tests/data/audio] [--threads 2] [--quantize none]
+
+Long files are real clips joined with 0.5 s of silence: Common Voice speakers of a manifest's ``dev`` split
+(``--speech``: a folder with manifest.jsonl rows audio/text/lang/split/speaker) grouped in speaker order into files of
+at least ``--min-minutes``, plus the clips of ``--audio`` joined into one multilingual file. For each system and mode
+(sequential, sequential + VAD, batched + VAD) it prints WER (Whisper's normalizers), compute seconds and the ratio
+to faster-whisper int8 sequential, and the median distance from each real clip boundary to the nearest cue boundary.
+Greedy decoding, Whisper's defaults (timestamps, previous-text prompt, temperature fallback) on both sides.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+GAP = 0.5
+
+
+def build_files(speech: Path | None, audio: Path, min_minutes: float, max_files: int):
+    from lora_whisper.audio import load_audio
+
+    files = []  # (name, samples, language, reference text, [clip boundary times])
+
+    def join(rows, base):
+        parts, refs, bounds, t = [], [], [], 0.0
+        for r in rows:
+            a = load_audio(base / r["audio"])
+            parts += [a, np.zeros(int(GAP * 16000), np.float32)]
+            refs.append(r["text"])
+            t += len(a) / 16000
+            bounds.append(t + GAP / 2)
+            t += GAP
+        return np.concatenate(parts), " ".join(refs), bounds[:-1]
+
+    if speech is not None:
+        rows = [json.loads(x) for x in (speech / "manifest.jsonl").read_text().splitlines() if x.strip()]
+        rows = [r for r in rows if r.get("split") == "dev"]
+        rows.sort(key=lambda r: (r["speaker"], r["audio"]))
+        cur, dur = [], 0.0
+        for r in rows:
+            cur.append(r)
+            dur += r["duration_s"] + GAP
+            if dur >= min_minutes * 60 and len(files) < max_files:
+                a, ref, b = join(cur, speech)
+                files.append((f"cv-en-long-{len(files)}", a, "en", ref, b))
+                cur, dur = [], 0.0
+    rows = [json.loads(x) for x in (audio / "manifest.jsonl").read_text().splitlines() if x.strip()]
+    a, ref, b = join(rows, audio)
+    files.append(("clips-joined-multilingual", a, None, ref, b))
+    return files
+
+
+def score(ref: str, hyp: str, lang: str | None) -> tuple[int, int]:
+    import jiwer
+
+    from lora_whisper.scoring import normalize
+
+    r, h = normalize(ref, lang or "xx"), normalize(hyp, lang or "xx")
+    out = jiwer.process_words(r, h)
+    return out.substitutions + out.deletions + out.insertions, len(r.split())
+
+
+def boundary_distance(bounds: list[float], segs: list[tuple[float, float]]) -> float | None:
+    edges = sorted({t for s in segs for t in s})
+    if not edges or not bounds:
+        return None
+    return statistics.median(min(abs(b - e) for e in edges) for b in bounds)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--speech", type=Path, default=None, help="folder with manifest.jsonl (split=dev rows used)")
+    ap.add_argument("--audio", type=Path, default=ROOT / "tests" / "data" / "audio")
+    ap.add_argument("--min-minutes", type=float, default=5.0)
+    ap.add_argument("--max-files", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--quantize", default="none", choices=["none", "int8"])
+    ap.add_argument("--modes", default="sequential,sequential+vad,batched+vad")
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--json", type=Path, default=None, help="also write the results here")
+    args = ap.parse_args()
+
+    import torch
+    from faster_whisper import BatchedInferencePipeline, WhisperModel
+
+    from lora_whisper.base import load_base, offline_ct2_path, quiet_libraries
+    from lora_whisper.engine import Engine, TranscribeOptions
+
+    quiet_libraries()
+    torch.set_num_threads(args.threads)
+    files = build_files(args.speech, args.audio, args.min_minutes, args.max_files)
+    total = sum(len(a) for _, a, *_ in files) / 16000
+    print(
+        f"{len(files)} files, {total / 60:.1f} min of audio: "
+        + ", ".join(f"{n} {len(a) / 16000:.0f}s" for n, a, *_ in files)
+    )
+    modes = args.modes.split(",")
+    results = []
+
+    def run(system, mode, fn):
+        errs = words = 0
+        dists, t = [], 0.0
+        per_file = {}
+        for name, a, lang, ref, bounds in files:
+            t0 = time.perf_counter()
+            text, segs = fn(name, a, lang)
+            t += time.perf_counter() - t0
+            e, n = score(ref, text, lang)
+            errs, words = errs + e, words + n
+            per_file[name] = round(e / max(n, 1), 3)
+            d = boundary_distance(bounds, segs)
+            if d is not None:
+                dists.append(d)
+        row = {
+            "system": system,
+            "mode": mode,
+            "wer": round(errs / max(words, 1), 4),
+            "seconds": round(t, 1),
+            "boundary_median_s": round(statistics.median(dists), 2) if dists else None,
+            "per_file": per_file,
+        }
+        results.append(row)
+        print(json.dumps(row), flush=True)
+
+    fw = WhisperModel(str(offline_ct2_path()), device="cpu", compute_type="int8", cpu_threads=args.threads)
+    batched = BatchedInferencePipeline(fw)
+
+    def fw_fn(vad: bool, batch: bool):
+        def fn(name, a, lang):
+            if batch:
+                segs, _ = batched.transcribe(a, language=lang, beam_size=1, batch_size=args.batch_size)
+            else:
+                segs, _ = fw.transcribe(a, language=lang, beam_size=1, vad_filter=vad)
+            segs = list(segs)
+            return " ".join(s.text.strip() for s in segs), [(s.start, s.end) for s in segs]
+
+        return fn
+
+    engine = Engine(load_base("offline", quantize=args.quantize, device="cpu"))
+
+    def ours_fn(vad: bool, batch: bool):
+        def fn(name, a, lang):
+            opts = TranscribeOptions(
+                language=lang,
+                adapter="none",
+                vad=vad,
+                long_form="batched" if batch else "sequential",
+                batch_size=args.batch_size,
+            )
+            (res,) = engine.transcribe([(name, a)], opts)
+            return res.text, [(s.start, s.end) for s in res.segments]
+
+        return fn
+
+    for mode in modes:
+        vad, batch = "vad" in mode, mode.startswith("batched")
+        run("faster-whisper int8", mode, fw_fn(vad, batch))
+        run(f"lora-whisper {'fp32' if args.quantize == 'none' else '8-bit'}", mode, ours_fn(vad, batch))
+
+    base = next((r["seconds"] for r in results if r["system"].startswith("faster") and r["mode"] == "sequential"), None)
+    print(f"\n{'system':<24}{'mode':<18}{'WER':>7}{'seconds':>9}{'x fw seq':>9}{'boundary':>10}")
+    for r in results:
+        ratio = f"{r['seconds'] / base:.2f}" if base else "-"
+        b = "-" if r["boundary_median_s"] is None else f"{r['boundary_median_s']:.2f}s"
+        print(f"{r['system']:<24}{r['mode']:<18}{r['wer']:>7.3f}{r['seconds']:>9.1f}{ratio:>9}{b:>10}")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,236 @@
+"""The resident-adapter pool: adapters loaded into one peft model on the base, LRU with pins, combinations and merges.
+
+Adapters in use by the current batch are pinned: eviction only touches unpinned ones, so a run (or a server batch)
+may need any number of adapters whatever the cache size; the cache is over its size only while they are in use.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections import OrderedDict
+
+from .registry import AdapterRecord, Registry, RegistryError, check_adapter_files, check_base
+
+logger = logging.getLogger("lora_whisper")
+
+
+def adapter_key(ref: str) -> str:
+    """peft adapter names are module-dict keys: no dots."""
+    return ref.replace(".", "_")
+
+
+class AdapterPool:
+    """Resident adapters of one base (one PeftModel), loaded lazily from the registry."""
+
+    def __init__(self, base, registry: Registry | None = None, cache_size: int = 4):
+        self.base = base
+        self.registry = registry
+        self.cache_size = max(1, cache_size)
+        self.peft = None
+        self.resident: OrderedDict[str, AdapterRecord] = OrderedDict()
+        self.in_use: dict[str, int] = {}
+        """Pin counts of resident keys (never evicted while > 0)."""
+        self.extra: dict[str, AdapterRecord] = {}
+        """Adapters resolvable without the registry (e.g. just trained, not yet filed)."""
+        self._failed: dict[str, str] = {}
+        self._merged_cache: tuple[str, object] | None = None
+        self.stats = {"loads": 0, "evictions": 0, "swaps": 0}
+        self._active: str | None = None
+
+    # ---- loading -----------------------------------------------------------------------------------------------
+    def load(self, record: AdapterRecord) -> str:
+        """Make ``record`` resident (LRU) and return its peft adapter name.
+
+        Raises:
+            RegistryError / AdapterMismatchError: corrupt files, pickles, or another base.
+        """
+        key = adapter_key(record.ref)
+        if key in self.resident:
+            self.resident.move_to_end(key)
+            return key
+        check_base(record, self.base.identity.to_dict())
+        check_adapter_files(record.path)
+        from peft import PeftModel
+
+        t = time.perf_counter()
+        try:
+            if self.peft is None:
+                self.peft = PeftModel.from_pretrained(
+                    self.base.model, str(record.path), adapter_name=key, is_trainable=False
+                )
+                self.peft.eval()
+            else:
+                self.peft.load_adapter(str(record.path), adapter_name=key, is_trainable=False)
+        except Exception as e:  # noqa: BLE001 - peft/safetensors raise many kinds; report one line
+            raise RegistryError(
+                f"adapter {record.ref}: cannot load ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
+            ) from e
+        self.resident[key] = record
+        self.stats["loads"] += 1
+        logger.debug("loaded adapter %s in %.0f ms", record.ref, 1000 * (time.perf_counter() - t))
+        self._evict()
+        return key
+
+    def _evict(self) -> None:
+        for old in list(self.resident):
+            if len(self.resident) <= self.cache_size:
+                return
+            if self.in_use.get(old):
+                continue
+            del self.resident[old]
+            self.peft.delete_adapter(old)
+            self.stats["evictions"] += 1
+            if self._merged_cache and self._merged_cache[0] == old:
+                self._merged_cache = None
+
+    def record(self, ref: str) -> AdapterRecord:
+        if ref in self.extra:
+            return self.extra[ref]
+        if self.registry is None:
+            raise RegistryError(f"adapter {ref!r}: no registry")
+        return self.registry.get(ref)
+
+    def add(self, record: AdapterRecord) -> None:
+        """Make an adapter that is not (yet) in the registry resolvable by its reference (used after training)."""
+        self.extra[record.ref] = record
+
+    def resolve(self, ref: str) -> tuple[AdapterRecord | None, str | None]:
+        """Find and load an adapter; on failure return (None, warning) so the run goes on with the base."""
+        if ref in self._failed:
+            return None, self._failed[ref]
+        try:
+            rec = self.record(ref)
+            self.load(rec)
+            return rec, None
+        except RegistryError as e:
+            msg = f"{e}; using the base instead"
+            self._failed[ref] = msg
+            logger.warning(msg)
+            return None, msg
+
+    def forget_failures(self) -> None:
+        """Try failed references again on the next request (the registry may have changed)."""
+        self._failed.clear()
+
+    def key_for(self, ref: str | None, combine: str | None = None) -> str | None:
+        if ref is None:
+            return None
+        if "+" in ref:
+            return adapter_key(ref) + f"-{combine}"
+        return adapter_key(ref)
+
+    def ensure(self, ref: str | None, combine: str | None = None, weights=(1.0, 1.0)) -> str | None:
+        """The resident key of ``ref`` (a reference or ``a+b`` combination), loading it again if it was evicted."""
+        if ref is None:
+            return None
+        key = self.key_for(ref, combine)
+        if key in self.resident:
+            self.resident.move_to_end(key)
+            return key
+        if "+" in ref:
+            self.combined(ref.split("+"), combine, weights)
+        else:
+            self.load(self.record(ref))
+        return key
+
+    # ---- pins and activation -------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def using(self, keys):
+        """Pin these resident keys (and the parts of combinations) while a batch uses them."""
+        keys = [k for k in keys if k]
+        for k in keys:
+            self.in_use[k] = self.in_use.get(k, 0) + 1
+        try:
+            yield
+        finally:
+            for k in keys:
+                self.in_use[k] -= 1
+                if not self.in_use[k]:
+                    del self.in_use[k]
+            if self.peft is not None:
+                self._evict()
+
+    def active(self, key: str | None):
+        """Context: one adapter active (hot swap), or none (the base)."""
+        if key is None:
+            return self.peft.disable_adapter() if self.peft is not None else contextlib.nullcontext()
+        if self._active != key:
+            self.stats["swaps"] += 1
+            self._active = key
+        self.peft.set_adapter(key)
+        return contextlib.nullcontext()
+
+    def rows(self, adapter_names: list[str]):
+        """Context: a different adapter per batch row (peft adapter_names; "__base__" = none)."""
+        return self.peft._enable_peft_forward_hooks(adapter_names=adapter_names)
+
+    # ---- combinations and merges -------------------------------------------------------------------------------
+    def combined(self, refs: list[str], combine: str, weights=(1.0, 1.0)) -> AdapterRecord:
+        """A derived adapter combining resident ones (peft add_weighted_adapter), cached like any other."""
+        key = self.key_for("+".join(refs), combine)
+        if key in self.resident:
+            self.resident.move_to_end(key)
+            return self.resident[key]
+        recs = [self.record(r) for r in refs]
+        keys = [self.load(r) for r in recs]
+        with self.using(keys):
+            kwargs = {"density": 0.5} if combine in ("ties", "dare_linear", "dare_ties") else {}
+            self.peft.add_weighted_adapter(
+                keys, list(weights)[: len(keys)], adapter_name=key, combination_type=combine, **kwargs
+            )
+        last = recs[-1]
+        derived = AdapterRecord(
+            name="+".join(r.name for r in recs),
+            version=0,
+            language=last.language,
+            base=last.base,
+            domain=last.domain,
+            lora={
+                "scope": "decoder" if all(r.decoder_only for r in recs) else "encoder+decoder",
+                "combination": combine,
+                "of": refs,
+            },
+        )
+        self.resident[key] = derived
+        self._evict()
+        return derived
+
+    def merged(self, key: str):
+        """Context yielding the model to decode with, the adapter merged into weights.
+
+        float32 base: merge in place, unmerge after (exact), yields None (use the base model).
+        8-bit base: a float32 copy with the adapter merged (cached for the next group), since merging into int8
+        weights loses accuracy and unmerging does not restore them.
+        """
+
+        @contextlib.contextmanager
+        def in_place():
+            self.peft.set_adapter(key)
+            self.peft.merge_adapter([key])
+            try:
+                yield None
+            finally:
+                self.peft.unmerge_adapter()
+
+        if self.base.quantize == "none":
+            return in_place()
+        return contextlib.nullcontext(self._merged_copy(key))
+
+    def _merged_copy(self, key: str):
+        if self._merged_cache and self._merged_cache[0] == key:
+            return self._merged_cache[1]
+        from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+
+        from .base import load_model
+
+        self._merged_cache = None  # free the previous copy first
+        # the resident adapter's LoRA weights (loaded or derived by combination) go onto a float32 base, then merge
+        fp32 = load_model(self.base.path, "none", self.base.device)
+        model = get_peft_model(fp32, self.peft.peft_config[key], adapter_name=key)
+        set_peft_model_state_dict(model, get_peft_model_state_dict(self.peft, adapter_name=key), adapter_name=key)
+        model = model.merge_and_unload()
+        model.eval()
+        self._merged_cache = (key, model)
+        return model

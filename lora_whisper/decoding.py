@@ -1,0 +1,483 @@
+"""Decoding: log-mel features, the encoder, language probabilities, and Whisper's decoding with timestamps.
+
+Generation is transformers' own ``WhisperForConditionalGeneration.generate`` (timestamp tokens, sequential long-form,
+conditioning on previous text, temperature fallback on compression ratio / average log-prob / no-speech): nothing of
+Whisper's algorithm is written again here. What this module adds is what that method does not return: each window's
+decoding statistics (average log-prob, compression ratio, no-speech probability, final temperature) and words with
+times from the alignment heads, plus bounded blocks so memory stays flat however long the file is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import zlib
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from .audio import SAMPLE_RATE
+
+logger = logging.getLogger("lora_whisper")
+
+WINDOW_SECONDS = 30.0
+"""Whisper's receptive field."""
+BLOCK_SECONDS = 240.0
+"""Long-form audio is decoded in blocks of this length (features and encoder work stay bounded); the last window of a
+block is decoded again at the start of the next one, with the previous text as the prompt."""
+TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+TASKS = ("transcribe", "translate")
+
+
+@dataclass
+class Word:
+    """One word with its time in the file (from cross-attention on the alignment heads)."""
+
+    start: float
+    end: float
+    word: str
+    probability: float | None = None
+
+
+@dataclass
+class Segment:
+    """A stretch of speech with its text, as decoded (times in seconds from the start of the file)."""
+
+    start: float
+    end: float
+    text: str
+    language: str | None = None
+    language_probability: float | None = None
+    adapter: str | None = None
+    merged: bool = False
+    words: list[Word] | None = None
+    avg_logprob: float | None = None
+    compression_ratio: float | None = None
+    no_speech_prob: float | None = None
+    temperature: float | None = None
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        for k in ("avg_logprob", "compression_ratio", "no_speech_prob", "language_probability"):
+            if d[k] is not None:
+                d[k] = round(d[k], 4)
+        if d["words"] is None:
+            del d["words"]
+        return d
+
+
+@dataclass
+class DecodeOptions:
+    """How to decode (names as in openai-whisper / faster-whisper)."""
+
+    task: str = "transcribe"
+    """``transcribe`` or ``translate`` (to English)."""
+    beam_size: int = 1
+    """1 = greedy (at temperature 0)."""
+    temperature: tuple[float, ...] = TEMPERATURES
+    """Temperatures tried in turn when a window fails the checks below (fallback)."""
+    compression_ratio_threshold: float | None = 2.4
+    """A window whose text gzip-compresses better than this is repetitive: decode it again hotter."""
+    logprob_threshold: float | None = -1.0
+    """A window whose average token log-prob is below this is decoded again hotter."""
+    no_speech_threshold: float | None = 0.6
+    """A window with no-speech probability above this and a low log-prob is silence: skipped."""
+    condition_on_previous_text: bool = True
+    """Prompt each window with the text before it (consistent style and names; can propagate a loop)."""
+    initial_prompt: str | None = None
+    """Text to prompt the first window with (spelling of names, style)."""
+    word_timestamps: bool = False
+    """Words with start/end times (cross-attention on the alignment heads; forces eager attention, slower)."""
+    max_new_tokens: int | None = None
+    """Token limit per window (default: as many as fit in the decoder's 448-token context)."""
+
+
+@dataclass
+class Piece:
+    """At most 30 s of one input's audio, with where it lies in the file (VAD may have removed silence inside)."""
+
+    audio: np.ndarray
+    offset: float
+    """Start time in the file of the piece's first sample."""
+    spans: list[tuple[float, float]] = field(default_factory=list)
+    """(start, end) in the file of each speech span concatenated into ``audio`` (empty: contiguous audio)."""
+
+    def to_file_time(self, t: float) -> float:
+        """Map a time inside the piece to the file (skipping the silence that VAD removed)."""
+        if not self.spans:
+            return round(self.offset + t, 3)
+        acc = 0.0
+        for s, e in self.spans:
+            if t <= acc + (e - s) + 1e-6:
+                return round(s + (t - acc), 3)
+            acc += e - s
+        s, e = self.spans[-1]
+        return round(e, 3)
+
+
+def text_compression_ratio(text: str) -> float:
+    """openai-whisper's compression ratio: bytes of the text over bytes of its zlib compression."""
+    b = text.encode("utf-8")
+    return len(b) / len(zlib.compress(b)) if b else 0.0
+
+
+# transformers measures the compression ratio on token ids packed as bytes, not on the text (its docs suggest 1.35
+# where openai-whisper uses 2.4 on text); we take Whisper's text threshold from the user and scale it to transformers'
+# measure so the familiar default keeps its meaning.
+_TOKEN_RATIO_PER_TEXT_RATIO = 1.35 / 2.4
+
+
+class Decoder:
+    """The decoding steps on one base (and, for merged adapters, on a separate merged model)."""
+
+    def __init__(self, base):
+        self.base = base
+        tok = base.processor.tokenizer
+        self.tokenizer = tok
+        self.sot = tok.convert_tokens_to_ids("<|startoftranscript|>")
+        self.dtype = base.model.model.encoder.conv1.weight.dtype
+        self.multilingual = bool(base.languages)
+
+    # ---- features, encoder, language ------------------------------------------------------------------------
+    def features(self, audios: list[np.ndarray]):
+        """Log-mel features of clips of at most 30 s, padded to 30 s (Whisper's input)."""
+        fe = self.base.processor.feature_extractor
+        f = fe(audios, sampling_rate=SAMPLE_RATE, return_tensors="pt").input_features
+        return f.to(self.base.device, self.dtype)
+
+    def long_features(self, audio: np.ndarray):
+        """Un-truncated features and attention mask of one block for transformers' sequential long-form decoding."""
+        fe = self.base.processor.feature_extractor
+        inp = fe(
+            [audio],
+            sampling_rate=SAMPLE_RATE,
+            truncation=False,
+            padding="longest",
+            return_attention_mask=True,
+            return_tensors="pt",
+        )
+        if inp.input_features.shape[-1] < 3000:  # a block under 30 s: Whisper's input is always 30 s
+            inp = fe([audio], sampling_rate=SAMPLE_RATE, return_attention_mask=True, return_tensors="pt")
+        return inp.input_features.to(self.base.device, self.dtype), inp.attention_mask.to(self.base.device)
+
+    def encode(self, features, model=None):
+        import torch
+
+        model = model or self.base.model
+        with torch.inference_mode():
+            return model.model.encoder(features.to(model.model.encoder.conv1.weight.dtype)).last_hidden_state
+
+    def language_probs(self, encoded, candidates: list[str] | None = None, model=None) -> list[dict[str, float]]:
+        """Language probabilities from one decoder step on encoder output.
+
+        Written by hand because transformers' ``detect_language`` returns only the argmax token, and Whisper's own
+        method (openai/whisper decoding.detect_language) is exactly this: softmax of the logits after
+        <|startoftranscript|>, over the language tokens.
+        """
+        import torch
+
+        langs = self.base.languages
+        if not langs:
+            return [{} for _ in range(len(encoded))]
+        names = [c for c in (candidates or langs) if c in langs] or list(langs)
+        ids = torch.tensor([langs[c] for c in names], device=encoded.device)
+        start = torch.full((len(encoded), 1), self.sot, device=encoded.device)
+        with torch.inference_mode():
+            logits = (model or self.base.model)(encoder_outputs=(encoded,), decoder_input_ids=start).logits[:, -1]
+        probs = logits.float()[:, ids].softmax(-1).cpu().numpy()
+        return [dict(sorted(zip(names, map(float, row)), key=lambda kv: -kv[1])) for row in probs]
+
+    # ---- generation ---------------------------------------------------------------------------------------------
+    def _kwargs(self, options: DecodeOptions, languages, fallback: bool = True) -> dict:
+        if options.task not in TASKS:
+            raise ValueError(f"task {options.task!r} is not one of {list(TASKS)}")
+        temps = tuple(options.temperature) if fallback else tuple(options.temperature)[:1]
+        kw = dict(
+            return_timestamps=True,
+            return_segments=True,
+            condition_on_prev_tokens=options.condition_on_previous_text,
+            temperature=temps if len(temps) > 1 else temps[0],
+            num_beams=options.beam_size,
+            # the checks only matter when there is a hotter temperature to fall back to
+            compression_ratio_threshold=(
+                options.compression_ratio_threshold * _TOKEN_RATIO_PER_TEXT_RATIO
+                if (options.compression_ratio_threshold and len(temps) > 1)
+                else None
+            ),
+            logprob_threshold=options.logprob_threshold,
+            no_speech_threshold=options.no_speech_threshold if options.logprob_threshold is not None else None,
+        )
+        if temps[0] > 0:
+            kw["do_sample"] = True
+        if options.max_new_tokens:
+            # the prompt (previous text: up to half the context) and 4 start tokens share the decoder's context
+            ctx = self.base.model.config.max_target_positions
+            kw["max_new_tokens"] = min(options.max_new_tokens, ctx - ctx // 2 - 4)
+        if options.word_timestamps:
+            kw["return_token_timestamps"] = True
+        if self.multilingual:
+            kw["task"] = options.task
+            langs = list(languages)
+            kw["language"] = langs if len(set(langs)) > 1 else langs[0]
+        return kw
+
+    def _prompt_ids(self, text: str | None):
+        if not text or not text.strip():
+            return None
+        ids = self.tokenizer.get_prompt_ids(" " + text.strip(), return_tensors="pt")
+        # the prompt takes at most half of the decoder's context, as in Whisper (newest tokens kept)
+        keep = self.base.model.config.max_target_positions // 2 - 1
+        if len(ids) > keep + 1:
+            ids = (
+                np.concatenate([ids[:1], ids[-keep:]])
+                if isinstance(ids, np.ndarray)
+                else ids[[0, *range(len(ids) - keep, len(ids))]]
+            )
+        import torch
+
+        return torch.as_tensor(ids, device=self.base.device)
+
+    @contextlib.contextmanager
+    def _generation(self, model, features=None, encoded=None):
+        """Install the hooks for one generate call; undo transformers' switch to eager attention (word timestamps)."""
+        _install_stats_hook(model)
+        cache = _install_encoder_cache(model)
+        cache.clear()
+        if features is not None and encoded is not None:
+            cache.prime(features, encoded)
+        cache.enabled = True
+        attn = model.config._attn_implementation
+        try:
+            yield
+        finally:
+            cache.enabled = False
+            cache.clear()
+            if model.config._attn_implementation != attn:
+                model.config._attn_implementation = attn
+
+    def generate(
+        self,
+        languages: list[str | None],
+        options: DecodeOptions,
+        *,
+        features=None,
+        attention_mask=None,
+        encoded=None,
+        model=None,
+        prompt: str | None = None,
+        fallback: bool = True,
+    ) -> list[list[dict]]:
+        """Decode a batch (rows of at most 30 s, or one long block) and return, per row, raw segments:
+        dicts with start/end (seconds in the row), text, tokens, words and the window's statistics."""
+        import torch
+
+        model = model or self.base.model
+        kw = self._kwargs(options, languages, fallback)
+        prompt_ids = self._prompt_ids(prompt)
+        if prompt_ids is not None:
+            kw["prompt_ids"] = prompt_ids
+        features = features.to(model.model.encoder.conv1.weight.dtype)
+        # features are always given (transformers' no-speech check runs the model on them); ``encoded`` (the
+        # encoder output the caller computed for language detection) is reused instead of a second encoder pass
+        # temperature fallback samples: a fixed seed per call makes a run reproducible without touching the
+        # caller's random state
+        with torch.inference_mode(), self._generation(model, features, encoded), torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            out = model.generate(features, attention_mask=attention_mask, **kw)
+        rows = out["segments"] if isinstance(out, dict) else [[] for _ in languages]
+        return [[self._raw(seg, lang) for seg in row] for row, lang in zip(rows, languages)]
+
+    def _raw(self, seg: dict, language: str | None) -> dict:
+        tokens = [int(t) for t in seg["tokens"].tolist()]
+        text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+        stats = (seg.get("result") or {}).get("lora_whisper_stats", {}) if isinstance(seg.get("result"), dict) else {}
+        raw = {
+            "start": float(seg["start"]),
+            "end": float(seg["end"]),
+            "text": text.strip(),
+            "avg_logprob": stats.get("avg_logprob"),
+            "no_speech_prob": stats.get("no_speech_prob"),
+            "temperature": stats.get("temperature"),
+            "compression_ratio": text_compression_ratio(text.strip()),
+            "words": None,
+            "window": id(seg.get("result")),  # segments of one decoding window share its output
+        }
+        if seg.get("token_timestamps") is not None:
+            raw["words"] = self._words(tokens, seg["token_timestamps"], seg, language)
+        return raw
+
+    def _words(self, tokens: list[int], times, seg: dict, language: str | None) -> list[dict]:
+        """Group tokens into words (transformers' Whisper tokenizer helper: spaces, or characters for zh/ja/th...)."""
+        from transformers.models.whisper.tokenization_whisper import _combine_tokens_into_words
+
+        times = [float(t) for t in times.tolist()]
+        probs = _token_probs(seg, tokens)
+        eot = self.tokenizer.convert_tokens_to_ids("<|endoftext|>")
+        text_idx = [i for i, t in enumerate(tokens) if t < eot]
+        if not text_idx:
+            return []
+        text_tokens = [tokens[i] for i in text_idx]
+        words, _word_tokens, indices = _combine_tokens_into_words(self.tokenizer, text_tokens, language or "english")
+        out = []
+        start0, end0 = float(seg["start"]), float(seg["end"])
+        for w, idx in zip(words, indices):
+            if not w.strip():
+                continue
+            first, last = text_idx[idx[0]], text_idx[idx[-1]]
+            # token_timestamps[i] is the time token i starts; a word ends where the token after it starts
+            s = times[first] if first < len(times) else start0
+            e = times[last + 1] if last + 1 < len(times) else times[min(last, len(times) - 1)]
+            p = float(np.mean([probs[text_idx[i]] for i in idx])) if probs else None
+            s, e = min(s, end0), min(max(e, s), end0)  # the closing timestamp token's own time can overshoot
+            out.append({"start": round(s, 2), "end": round(e, 2), "word": w, "probability": p})
+        return out
+
+
+def _token_probs(seg: dict, tokens: list[int]) -> list[float] | None:
+    result = seg.get("result")
+    if not isinstance(result, dict) or result.get("scores") is None:
+        return None
+    import torch
+
+    lo, _hi = seg["idxs"]  # indices into result["sequences"], which start with the prompt tokens
+    scores = result["scores"]  # one per generated token
+    lo -= len(result["sequences"]) - len(scores)
+    probs = []
+    for k, t in enumerate(tokens):
+        i = lo + k
+        if i >= len(scores):
+            probs.append(float("nan"))
+            continue
+        probs.append(float(torch.softmax(scores[i].float(), -1)[t]))
+    return probs
+
+
+def _install_stats_hook(model) -> None:
+    """Record each decoded window's statistics next to its output.
+
+    transformers computes the average log-prob and the no-speech probability inside ``_need_fallback`` to decide on
+    temperature fallback, but does not return them; Whisper users expect them on every segment. We wrap that method
+    on the model instance (once) and store what it used in the window's output dict, which every segment of that
+    window references as ``segment["result"]``.
+    """
+    if getattr(model, "_lora_whisper_hooked", False):
+        return
+    from transformers.models.whisper.generation_whisper import WhisperNoSpeechDetection, _get_attr_from_logit_processors
+
+    orig = model._need_fallback
+
+    def need_fallback(seek_sequence, seek_outputs, index, logits_processor, generation_config, vocab_size, temperature):
+        res = orig(seek_sequence, seek_outputs, index, logits_processor, generation_config, vocab_size, temperature)
+        out = seek_outputs[index]
+        if isinstance(out, dict):
+            stats = {"temperature": float(temperature or 0.0)}
+            try:
+                if out.get("sequences_scores") is not None:
+                    stats["avg_logprob"] = float(out["sequences_scores"])
+                elif out.get("scores") is not None:
+                    stats["avg_logprob"] = float(
+                        model._retrieve_avg_logprobs(out["scores"], seek_sequence, temperature)
+                    )
+                nsp = _get_attr_from_logit_processors(logits_processor, WhisperNoSpeechDetection, "no_speech_prob")
+                if nsp is not None:
+                    stats["no_speech_prob"] = float(nsp[index])
+            except Exception:  # noqa: BLE001 - statistics are informative; never break decoding for them
+                pass
+            out["lora_whisper_stats"] = stats
+        return res
+
+    model._need_fallback = need_fallback
+    model._lora_whisper_hooked = True
+
+
+class _EncoderCache:
+    """Encoder outputs of the current generate call, found by the features they came from."""
+
+    def __init__(self):
+        self.enabled = False
+        self.items: list = []
+
+    def clear(self):
+        self.items = []
+
+    def prime(self, features, encoded):
+        from transformers.modeling_outputs import BaseModelOutput
+
+        self.items = [(features, BaseModelOutput(last_hidden_state=encoded))]
+
+    def find(self, x):
+        import torch
+
+        for f, out in self.items:
+            if f is x or (f.shape == x.shape and f.dtype == x.dtype and torch.equal(f, x)):
+                return out
+        return None
+
+
+def _install_encoder_cache(model) -> _EncoderCache:
+    """Run the encoder once per window.
+
+    Inside one ``generate`` call transformers runs the encoder on a window, then its no-speech detector
+    (WhisperNoSpeechDetection) runs the whole model on the same window again, encoder included; and for clips we
+    already encoded for language detection. Equal features give equal encoder outputs while the active adapter does
+    not change, which holds within one generate call (the cache is emptied before and after each).
+    """
+    enc = model.model.encoder
+    cache = getattr(enc, "_lora_whisper_cache", None)
+    if cache is not None:
+        return cache
+    cache = _EncoderCache()
+    orig = enc.forward
+
+    def forward(input_features=None, *args, **kwargs):
+        if cache.enabled and input_features is not None and not args:
+            hit = cache.find(input_features)
+            if hit is not None:
+                return hit
+            out = orig(input_features, **kwargs)
+            cache.items = [*cache.items[-1:], (input_features, out)]
+            return out
+        return orig(input_features, *args, **kwargs)
+
+    enc.forward = forward
+    enc._lora_whisper_cache = cache
+    return cache
+
+
+def _cache_suppress_masks() -> None:
+    """Make transformers' token-suppression processors compute their vocabulary mask once, not at every step.
+
+    SuppressTokensLogitsProcessor and SuppressTokensAtBeginLogitsProcessor rebuild ``torch.isin(arange(vocab),
+    tokens)`` for every generated token; on a 2-core CPU that took 15-350 ms a token (OpenMP under load), more than
+    the whole whisper-base decoder step. Same mask, same result: it is only kept on the processor instance.
+    """
+    import torch
+    from transformers.generation import logits_process as lp
+
+    if getattr(lp.SuppressTokensLogitsProcessor, "_lora_whisper_cached", False):
+        return
+
+    def mask(self, tokens, scores):
+        key = (scores.shape[-1], scores.device)
+        cached = getattr(self, "_lw_mask", None)
+        if cached is None or cached[0] != key:
+            m = torch.zeros(scores.shape[-1], dtype=torch.bool, device=scores.device)
+            t = tokens.to(scores.device)
+            m[t[(t >= 0) & (t < scores.shape[-1])]] = True
+            self._lw_mask = cached = (key, m)
+        return cached[1]
+
+    def suppress(self, input_ids, scores):
+        return torch.where(mask(self, self.suppress_tokens, scores), -float("inf"), scores)
+
+    def suppress_at_begin(self, input_ids, scores):
+        if input_ids.shape[-1] == self.begin_index:
+            return torch.where(mask(self, self.begin_suppress_tokens, scores), -float("inf"), scores)
+        return scores
+
+    lp.SuppressTokensLogitsProcessor.__call__ = suppress
+    lp.SuppressTokensAtBeginLogitsProcessor.__call__ = suppress_at_begin
+    lp.SuppressTokensLogitsProcessor._lora_whisper_cached = True
+
+
+_cache_suppress_masks()
