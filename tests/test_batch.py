@@ -187,13 +187,13 @@ def test_resume_skips_done_files_and_keeps_one_row_per_input(first_run, model_di
 
 def test_partial_run_then_rerun_does_only_the_rest(ray_local, model_dir, registry, audio_dir, tmp_path):
     out = tmp_path / "out"
-    s1, rows1, _ = _run([audio_dir / "clip[0-3].wav"], out, model_dir, registry)
+    s1, rows1, _ = _run([audio_dir / "clip[0-3].wav"], out, model_dir, registry, group=False)
     assert s1.done == 4 and len(rows1) == 4
     # a run killed while writing leaves a torn last line: it is ignored, the rest is used
     part = next((out / "parts").glob("*.jsonl"))
     with part.open("a") as f:
         f.write('{"file": "torn')
-    s2, rows2, _ = _run([audio_dir], out, model_dir, registry)
+    s2, rows2, _ = _run([audio_dir], out, model_dir, registry, group=False)
     assert s2.skipped == 4 and s2.done == N_GOOD - 4 + len(BAD)
     files = sorted(audio_dir.iterdir())
     assert rows2 == _expected(model_dir, registry, files, _topts())
@@ -203,7 +203,7 @@ def test_killed_worker_loses_nothing(ray_local, model_dir, registry, audio_dir, 
     """The actor that gets clip4 kills its own process once (os._exit); Ray restarts it and retries the unit."""
     marker = tmp_path / "killed.txt"
     monkeypatch.setenv(FAULT_ENV, f"clip4:{marker}")
-    s, rows, _ = _run([audio_dir], tmp_path / "out", model_dir, registry)
+    s, rows, _ = _run([audio_dir], tmp_path / "out", model_dir, registry, group=False)
     assert marker.exists() and "killed pid" in marker.read_text()  # the worker really died mid-run
     files = sorted(audio_dir.iterdir())
     assert rows == _expected(model_dir, registry, files, _topts())
@@ -267,7 +267,7 @@ def test_hf_dataset_folder_streamed(ray_local, model_dir, registry, audio_dir, t
     table = table.replace_schema_metadata({b"huggingface": json.dumps({"info": {"features": feats}}).encode()})
     (tmp_path / "ds" / "data").mkdir(parents=True)
     pq.write_table(table, tmp_path / "ds" / "data" / "test-00000-of-00001.parquet")
-    s, rows, _ = _run([tmp_path / "ds"], tmp_path / "out", model_dir, registry)
+    s, rows, _ = _run([tmp_path / "ds"], tmp_path / "out", model_dir, registry, group=False)
     assert [r["id"] for r in rows] == ["x0", "x3", "bad"]
     assert [r["file"] for r in rows] == [f"{tmp_path / 'ds'}/test:{n}" for n in range(3)]
     arrays = [(f"{tmp_path / 'ds'}/test:{n}", sf.read(c, dtype="float32")[0]) for n, c in enumerate(clips)]
