@@ -591,7 +591,14 @@ def _start_ray(options: BatchOptions) -> bool:
         return False
     kw: dict = dict(include_dashboard=False, logging_level=logging.WARNING, configure_logging=True)
     if options.address:
-        ray.init(address=options.address, **kw)
+        try:
+            ray.init(address=options.address, **kw)
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise BatchError(
+                f"cannot join the Ray cluster at {options.address!r} ({reason}); start one with `ray start --head`, "
+                "or leave out --address to run on this machine"
+            ) from e
     else:
         # actors hold their CPUs for the whole run: reserve room for the decode tasks beside them, else they wait
         need = options.num_workers * options.cpus_per_worker + options.decode_cpus
