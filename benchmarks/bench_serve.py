@@ -58,9 +58,17 @@ def make_adapters(base, langs: list[str], registry) -> None:
                     p.normal_(0, 0.01)
         with tempfile.TemporaryDirectory() as tmp:
             save_adapter(peft_model, tmp, base.identity.hub_id, adapter_name=lang)
-            registry.add(tmp, AdapterRecord(name=f"{lang}-bench", version=0, language=lang,
-                                            base=base.identity.to_dict(), lora={"r": 8, "alpha": 16,
-                                            "scope": "encoder+decoder"}, source="bench_serve (random)"))
+            registry.add(
+                tmp,
+                AdapterRecord(
+                    name=f"{lang}-bench",
+                    version=0,
+                    language=lang,
+                    base=base.identity.to_dict(),
+                    lora={"r": 8, "alpha": 16, "scope": "encoder+decoder"},
+                    source="bench_serve (random)",
+                ),
+            )
         model = peft_model.unload()
 
 
@@ -84,8 +92,9 @@ def load_test(url: str, payloads: list[tuple[str, bytes, float]], n: int, client
             local.client = httpx.Client(timeout=600)
         t = time.perf_counter()
         try:
-            r = local.client.post(url + "/v1/audio/transcriptions", files={"file": (name, data)},
-                                  data={"model": "auto"})
+            r = local.client.post(
+                url + "/v1/audio/transcriptions", files={"file": (name, data)}, data={"model": "auto"}
+            )
             ok = r.status_code == 200 and "text" in r.json()
             why = f"{r.status_code} {r.text[:200]}"
         except Exception as e:  # noqa: BLE001 - count it, keep going
@@ -114,7 +123,9 @@ def main() -> None:
     ap.add_argument("--base", default="offline")
     ap.add_argument("--quantize", default="int8", choices=["int8", "none"])
     ap.add_argument("--registry", default=None, help="an adapter registry to serve (default: an empty temporary one)")
-    ap.add_argument("--adapters", default="fr,de,es", help="random adapters to file in the temporary registry ('' none)")
+    ap.add_argument(
+        "--adapters", default="fr,de,es", help="random adapters to file in the temporary registry ('' none)"
+    )
     ap.add_argument("--max-batch", type=int, default=8)
     ap.add_argument("--max-wait-ms", type=int, default=50)
     ap.add_argument("--threads", type=int, default=2)
@@ -154,9 +165,11 @@ def main() -> None:
     engine = Engine(base, registry)
     modes = args.modes.split(",")
     clip_s = sum(p[2] for p in payloads)
-    print(f"clips: {len(payloads)} files, {clip_s:.1f} s of audio, from {args.clips}; {n} requests, "
-          f"{args.clients} clients, warm-up {warm}; base {args.base} ({args.quantize}), {args.threads} threads; "
-          f"adapters: {[r.ref for r in registry.active()]}")
+    print(
+        f"clips: {len(payloads)} files, {clip_s:.1f} s of audio, from {args.clips}; {n} requests, "
+        f"{args.clients} clients, warm-up {warm}; base {args.base} ({args.quantize}), {args.threads} threads; "
+        f"adapters: {[r.ref for r in registry.active()]}"
+    )
     print(f"RSS at start {rss0:.0f} MB, with the base loaded {rss_mb():.0f} MB")
     rows = []
 
@@ -177,12 +190,24 @@ def main() -> None:
             res = list(engine.transcribe(items, TranscribeOptions()))
             assert len(res) == n and all(hasattr(r, "text") for r in res)
         wall = time.perf_counter() - t0
-        rows.append(dict(mode=name, requests=n, failed=0, wall=wall, audio_s=sum(secs), lat=lat, rss_warm=r_warm,
-                         rss_end=rss_mb(), batches=None))
+        rows.append(
+            dict(
+                mode=name,
+                requests=n,
+                failed=0,
+                wall=wall,
+                audio_s=sum(secs),
+                lat=lat,
+                rss_warm=r_warm,
+                rss_end=rss_mb(),
+                batches=None,
+            )
+        )
 
     def serve_mode(name: str, max_batch: int) -> None:
-        opts = ServeOptions(port=0, max_batch=max_batch, max_wait=args.max_wait_ms / 1000, max_queue=max(64, 4 * n),
-                            access_log=False)
+        opts = ServeOptions(
+            port=0, max_batch=max_batch, max_wait=args.max_wait_ms / 1000, max_queue=max(64, 4 * n), access_log=False
+        )
         app = create_app(engine, opts)
         server = make_server(app, opts, log_level="warning")
         sock = bind_socket("127.0.0.1", 0)
@@ -204,8 +229,19 @@ def main() -> None:
         failed = len(res["failures"]) + len(w["failures"])
         for why in (w["failures"] + res["failures"])[:5]:
             print(f"  failure: {why}")
-        rows.append(dict(mode=name, requests=n, failed=failed, wall=res["wall"], audio_s=res["audio_s"],
-                         lat=res["lat"], rss_warm=r_warm, rss_end=rss_mb(), batches=batches))
+        rows.append(
+            dict(
+                mode=name,
+                requests=n,
+                failed=failed,
+                wall=res["wall"],
+                audio_s=res["audio_s"],
+                lat=res["lat"],
+                rss_warm=r_warm,
+                rss_end=rss_mb(),
+                batches=batches,
+            )
+        )
 
     for m in modes:
         if m == "sequential":
@@ -223,7 +259,7 @@ def main() -> None:
 
     ref = next((r for r in rows if r["mode"].startswith("sequential")), rows[0])
     ref_tp = ref["audio_s"] / ref["wall"]
-    head = f"| mode | requests | failed | wall s | audio s/s | vs sequential | p50 s | p95 s | p99 s | engine calls | RSS warm MB | RSS end MB | growth |"
+    head = "| mode | requests | failed | wall s | audio s/s | vs sequential | p50 s | p95 s | p99 s | engine calls | RSS warm MB | RSS end MB | growth |"
     print()
     print(head)
     print("|" + "---|" * (head.count("|") - 1))
@@ -232,12 +268,16 @@ def main() -> None:
         tp = r["audio_s"] / r["wall"]
         growth = (r["rss_end"] - r["rss_warm"]) / r["rss_warm"]
         p = [percentile(r["lat"], q) for q in (50, 95, 99)]
-        print(f"| {r['mode']} | {r['requests']} | {r['failed']} | {r['wall']:.1f} | {tp:.2f} | {tp / ref_tp:.2f}x | "
-              + " | ".join(f"{x:.2f}" if r["lat"] else "-" for x in p)
-              + f" | {r['batches'] if r['batches'] is not None else '-'} | {r['rss_warm']:.0f} | {r['rss_end']:.0f} | "
-              f"{growth:+.1%} |")
-        out.append({k: v for k, v in r.items() if k != "lat"} | {"throughput": tp, "p50": p[0], "p95": p[1], "p99": p[2],
-                                                                 "rss_growth": growth})
+        print(
+            f"| {r['mode']} | {r['requests']} | {r['failed']} | {r['wall']:.1f} | {tp:.2f} | {tp / ref_tp:.2f}x | "
+            + " | ".join(f"{x:.2f}" if r["lat"] else "-" for x in p)
+            + f" | {r['batches'] if r['batches'] is not None else '-'} | {r['rss_warm']:.0f} | {r['rss_end']:.0f} | "
+            f"{growth:+.1%} |"
+        )
+        out.append(
+            {k: v for k, v in r.items() if k != "lat"}
+            | {"throughput": tp, "p50": p[0], "p95": p[1], "p99": p[2], "rss_growth": growth}
+        )
     print(f"\nRSS at start {rss0:.0f} MB, at the end {rss_mb():.0f} MB")
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2))

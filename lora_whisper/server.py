@@ -61,12 +61,17 @@ class ServeOptions:
     """Local folders under which ``/v1/load_lora_adapter`` may import adapter folders (empty: Hub ids only)."""
     access_log: bool = True
     """Log one line per HTTP request (uvicorn's access log)."""
+    defaults: dict = field(default_factory=dict)
+    """TranscribeOptions fields every request starts from (e.g. ``{"beam_size": 5, "vad": True}``); the request's
+    own fields (model, language, prompt, temperature, ...) override them."""
 
 
 class APIError(Exception):
     """An error answered in OpenAI's JSON shape: ``{"error": {"message", "type", "param", "code"}}``."""
 
-    def __init__(self, status: int, message: str, type: str = "invalid_request_error", param=None, code=None, headers=None):
+    def __init__(
+        self, status: int, message: str, type: str = "invalid_request_error", param=None, code=None, headers=None
+    ):
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
         self.headers = headers or {}
@@ -84,12 +89,20 @@ class Metrics:
 
         r = self.registry = CollectorRegistry()
         p = "lora_whisper_"
-        self.requests = Counter(p + "requests", "HTTP requests by endpoint, status and model", ["endpoint", "status", "model"], registry=r)
+        self.requests = Counter(
+            p + "requests", "HTTP requests by endpoint, status and model", ["endpoint", "status", "model"], registry=r
+        )
         self.audio_seconds = Counter(p + "audio_seconds", "Seconds of audio transcribed", registry=r)
         lat = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 40, 80, 160)
-        self.latency = Histogram(p + "request_latency_seconds", "Request latency, upload to response", buckets=lat, registry=r)
-        self.queue_wait = Histogram(p + "queue_wait_seconds", "Time a request waited in the queue", buckets=lat, registry=r)
-        self.batch_size = Histogram(p + "batch_size", "Requests per engine call", buckets=(1, 2, 4, 8, 16, 32, 64), registry=r)
+        self.latency = Histogram(
+            p + "request_latency_seconds", "Request latency, upload to response", buckets=lat, registry=r
+        )
+        self.queue_wait = Histogram(
+            p + "queue_wait_seconds", "Time a request waited in the queue", buckets=lat, registry=r
+        )
+        self.batch_size = Histogram(
+            p + "batch_size", "Requests per engine call", buckets=(1, 2, 4, 8, 16, 32, 64), registry=r
+        )
         self.queue_depth = Gauge(p + "queue_depth", "Requests waiting in the queue", registry=r)
         self.adapter_loads = Counter(p + "adapter_loads", "Adapters loaded into memory", registry=r)
         self.adapter_swaps = Counter(p + "adapter_swaps", "Switches of the active adapter between groups", registry=r)
@@ -104,7 +117,7 @@ def create_app(engine, options: ServeOptions | None = None):
 
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+    from fastapi.responses import JSONResponse, Response, StreamingResponse
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
     from .scheduler import Scheduler, SchedulerOptions
@@ -146,7 +159,9 @@ def create_app(engine, options: ServeOptions | None = None):
     @app.exception_handler(Exception)
     async def _internal_error(request, exc):
         logger.exception("internal error on %s", request.url.path)
-        return JSONResponse(APIError(500, f"internal error: {type(exc).__name__}", "server_error").body(), status_code=500)
+        return JSONResponse(
+            APIError(500, f"internal error: {type(exc).__name__}", "server_error").body(), status_code=500
+        )
 
     def check_auth(request: Request) -> None:
         if not opts.api_key:
@@ -189,15 +204,32 @@ def create_app(engine, options: ServeOptions | None = None):
         for c in cards:
             if model_id in (c["id"], c.get("ref")) or (model_id == base_id and c["id"] == "base"):
                 return c
-        raise APIError(404, f"model {model_id!r} not found; valid models: {[c['id'] for c in cards]}", param="model", code="model_not_found")
+        raise APIError(
+            404,
+            f"model {model_id!r} not found; valid models: {[c['id'] for c in cards]}",
+            param="model",
+            code="model_not_found",
+        )
 
     def model_cards() -> list[dict]:
         now = int(time.time())
         cards = [
-            {"id": "auto", "object": "model", "created": now, "owned_by": "lora-whisper", "root": base_id,
-             "description": "detect the language, route to its adapter (or the base)"},
-            {"id": "base", "object": "model", "created": now, "owned_by": "lora-whisper", "root": base_id,
-             "aliases": [base_id]},
+            {
+                "id": "auto",
+                "object": "model",
+                "created": now,
+                "owned_by": "lora-whisper",
+                "root": base_id,
+                "description": "detect the language, route to its adapter (or the base)",
+            },
+            {
+                "id": "base",
+                "object": "model",
+                "created": now,
+                "owned_by": "lora-whisper",
+                "root": base_id,
+                "aliases": [base_id],
+            },
         ]
         if registry is None:
             return cards
@@ -208,14 +240,26 @@ def create_app(engine, options: ServeOptions | None = None):
             if not r.active:
                 continue
             m = r.metrics or {}
-            cards.append({
-                "id": r.name, "ref": r.ref, "object": "model", "created": _epoch(r.created, now),
-                "owned_by": "lora-whisper", "root": base_id, "parent": "base", "version": r.version,
-                "versions": [x.version for x in records if x.name == r.name],
-                "language": r.language, "domain": r.domain, "scope": r.lora.get("scope"),
-                "wer_before": (m.get("before") or {}).get("wer"), "wer_after": (m.get("after") or {}).get("wer"),
-                "metrics": m, "source": r.source,
-            })
+            cards.append(
+                {
+                    "id": r.name,
+                    "ref": r.ref,
+                    "object": "model",
+                    "created": _epoch(r.created, now),
+                    "owned_by": "lora-whisper",
+                    "root": base_id,
+                    "parent": "base",
+                    "version": r.version,
+                    "versions": [x.version for x in records if x.name == r.name],
+                    "language": r.language,
+                    "domain": r.domain,
+                    "scope": r.lora.get("scope"),
+                    "wer_before": (m.get("before") or {}).get("wer"),
+                    "wer_after": (m.get("after") or {}).get("wer"),
+                    "metrics": m,
+                    "source": r.source,
+                }
+            )
         return cards
 
     def resolve_model(name: str) -> tuple[str, str]:
@@ -249,7 +293,7 @@ def create_app(engine, options: ServeOptions | None = None):
                 fields = parse_fields(form, task)
                 label = "-"
                 adapter, label = await _run_sync(resolve_model, fields["model"])
-                t_opts = transcribe_options(engine, fields, adapter, task)
+                t_opts = transcribe_options(engine, fields, adapter, task, opts.defaults)
                 samples, name = await decode_upload(form, tmpdir)
             finally:
                 await form.close()
@@ -263,15 +307,23 @@ def create_app(engine, options: ServeOptions | None = None):
             try:
                 fut = scheduler.submit(job)
             except QueueFull as e:
-                raise APIError(503, f"{e}; retry later", "server_error", code="queue_full",
-                               headers={"Retry-After": str(scheduler.retry_after())}) from e
+                raise APIError(
+                    503,
+                    f"{e}; retry later",
+                    "server_error",
+                    code="queue_full",
+                    headers={"Retry-After": str(scheduler.retry_after())},
+                ) from e
             except ShuttingDown as e:
                 raise APIError(503, str(e), "server_error", code="shutting_down", headers={"Retry-After": "5"}) from e
             if fields["stream"]:
                 fut.add_done_callback(lambda f: loop.call_soon_threadsafe(events.put_nowait, ("done", f)))
                 metrics.requests.labels(endpoint, "200", label).inc()
-                return StreamingResponse(sse(events, fields, t0), media_type="text/event-stream",
-                                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+                return StreamingResponse(
+                    sse(events, fields, t0),
+                    media_type="text/event-stream",
+                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+                )
             try:
                 result = await asyncio.wrap_future(fut)
             except ShuttingDown as e:
@@ -307,7 +359,10 @@ def create_app(engine, options: ServeOptions | None = None):
             try:
                 result = item.result()
             except Exception as e:  # noqa: BLE001
-                yield _event(APIError(500, f"transcription failed: {type(e).__name__}: {str(e)[:300]}", "server_error").body() | {"type": "error"})
+                yield _event(
+                    APIError(500, f"transcription failed: {type(e).__name__}: {str(e)[:300]}", "server_error").body()
+                    | {"type": "error"}
+                )
                 break
             if isinstance(result, FileError):
                 yield _event(APIError(400, result.error).body() | {"type": "error"})
@@ -317,9 +372,17 @@ def create_app(engine, options: ServeOptions | None = None):
                     if seg.text:
                         yield _event(delta_event(seg, sent))
                         sent += 1
-            yield _event({"type": "transcript.text.done", "text": result.text, "language": result.language,
-                          "duration": result.duration, "adapter": result.adapter, "route": result.route,
-                          "usage": {"type": "duration", "seconds": result.duration}})
+            yield _event(
+                {
+                    "type": "transcript.text.done",
+                    "text": result.text,
+                    "language": result.language,
+                    "duration": result.duration,
+                    "adapter": result.adapter,
+                    "route": result.route,
+                    "usage": {"type": "duration", "seconds": result.duration},
+                }
+            )
             break
         metrics.latency.observe(time.perf_counter() - t0)
         yield "data: [DONE]\n\n"
@@ -330,8 +393,14 @@ def create_app(engine, options: ServeOptions | None = None):
         check_admin(request)
         body = await read_json(request)
         rec = await _run_sync(load_adapter, body)
-        return {"message": f"Success: LoRA adapter {rec.name!r} added as {rec.ref}", "id": rec.name, "ref": rec.ref,
-                "language": rec.language, "domain": rec.domain, "active": rec.active}
+        return {
+            "message": f"Success: LoRA adapter {rec.name!r} added as {rec.ref}",
+            "id": rec.name,
+            "ref": rec.ref,
+            "language": rec.language,
+            "domain": rec.domain,
+            "active": rec.active,
+        }
 
     def load_adapter(body: dict):
         from .hub import HubError, pull
@@ -343,8 +412,11 @@ def create_app(engine, options: ServeOptions | None = None):
             if v is not None and not isinstance(v, str):
                 raise APIError(400, f"{key} must be a string", param=key)
         if not name or not path:
-            raise APIError(400, "give lora_name and lora_path (a local PEFT folder or a Hub repo id)",
-                           param="lora_name" if not name else "lora_path")
+            raise APIError(
+                400,
+                "give lora_name and lora_path (a local PEFT folder or a Hub repo id)",
+                param="lora_name" if not name else "lora_path",
+            )
         try:
             check_name(name)
         except RegistryError as e:
@@ -357,15 +429,22 @@ def create_app(engine, options: ServeOptions | None = None):
                 roots = [Path(r).resolve() for r in opts.import_roots]
                 real = local.resolve()
                 if not any(real == r or r in real.parents for r in roots):
-                    raise APIError(403, f"lora_path {path!r}: local folders can only be imported from under "
-                                        f"--import-root ({[str(r) for r in roots] or 'none configured'})",
-                                   "permission_error", param="lora_path")
+                    raise APIError(
+                        403,
+                        f"lora_path {path!r}: local folders can only be imported from under "
+                        f"--import-root ({[str(r) for r in roots] or 'none configured'})",
+                        "permission_error",
+                        param="lora_path",
+                    )
                 if not real.is_dir():
                     raise APIError(400, f"lora_path {path!r}: not a folder", param="lora_path")
                 return registry.import_folder(real, name=name, language=language, domain=domain)
             if not HUB_ID_RE.fullmatch(path):
-                raise APIError(400, f"lora_path {path!r} is neither a local folder nor a Hub repo id (owner/name)",
-                               param="lora_path")
+                raise APIError(
+                    400,
+                    f"lora_path {path!r} is neither a local folder nor a Hub repo id (owner/name)",
+                    param="lora_path",
+                )
             return pull(registry, path, name=name, language=language, domain=domain)
         except (RegistryError, HubError) as e:
             raise APIError(400, str(e), param="lora_path") from e
@@ -405,14 +484,19 @@ async def read_body(request, limit: int) -> bytes:
         except ValueError:
             raise APIError(400, "invalid Content-Length header") from None
         if n > limit:
-            raise APIError(413, f"request body of {n} bytes is over the limit of {limit} bytes", param="file",
-                           code="request_too_large")
+            raise APIError(
+                413,
+                f"request body of {n} bytes is over the limit of {limit} bytes",
+                param="file",
+                code="request_too_large",
+            )
     chunks, got = [], 0
     async for chunk in request.stream():
         got += len(chunk)
         if got > limit:
-            raise APIError(413, f"request body is over the limit of {limit} bytes", param="file",
-                           code="request_too_large")
+            raise APIError(
+                413, f"request body is over the limit of {limit} bytes", param="file", code="request_too_large"
+            )
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -422,8 +506,11 @@ async def read_form(request, limit: int):
 
     ctype = request.headers.get("content-type", "")
     if not ctype.startswith("multipart/form-data"):
-        raise APIError(400, f"expected a multipart/form-data body with a 'file' field, got {ctype or 'no content type'!r}",
-                       param="file")
+        raise APIError(
+            400,
+            f"expected a multipart/form-data body with a 'file' field, got {ctype or 'no content type'!r}",
+            param="file",
+        )
     body = await read_body(request, limit)
     sent = False
 
@@ -486,9 +573,13 @@ def parse_fields(form, task: str) -> dict:
     grans = _list_field(form, "timestamp_granularities")
     bad = [g for g in grans if g not in GRANULARITIES]
     if bad:
-        raise APIError(400, f"timestamp_granularities {bad} not in {list(GRANULARITIES)}", param="timestamp_granularities")
+        raise APIError(
+            400, f"timestamp_granularities {bad} not in {list(GRANULARITIES)}", param="timestamp_granularities"
+        )
     if grans and fmt != "verbose_json":
-        raise APIError(400, "timestamp_granularities needs response_format=verbose_json", param="timestamp_granularities")
+        raise APIError(
+            400, "timestamp_granularities needs response_format=verbose_json", param="timestamp_granularities"
+        )
     stream = (text("stream") or "false").lower()
     if stream not in ("true", "false", "1", "0"):
         raise APIError(400, f"stream {stream!r} is not true or false", param="stream")
@@ -506,7 +597,7 @@ def parse_fields(form, task: str) -> dict:
     }
 
 
-def transcribe_options(engine, fields: dict, adapter: str, task: str):
+def transcribe_options(engine, fields: dict, adapter: str, task: str, defaults: dict | None = None):
     """TranscribeOptions for a request: the engine's defaults (as the CLI's) plus what the request asks."""
     from .engine import TranscribeOptions
 
@@ -514,11 +605,19 @@ def transcribe_options(engine, fields: dict, adapter: str, task: str):
     langs = engine.base.languages
     for lang in [fields["language"], *(fields["languages"] or [])]:
         if lang is not None and langs and lang not in langs:
-            raise APIError(400, f"language {lang!r} is not one of the base's languages: {sorted(langs)}",
-                           param="language" if lang == fields["language"] else "languages")
+            raise APIError(
+                400,
+                f"language {lang!r} is not one of the base's languages: {sorted(langs)}",
+                param="language" if lang == fields["language"] else "languages",
+            )
     domain = fields["domain"]
-    kw = dict(adapter=adapter, language=fields["language"], languages=fields["languages"],
-              domain=domain[0] if domain and len(domain) == 1 else domain)
+    kw = dict(defaults or {})
+    kw.update(
+        adapter=adapter,
+        language=fields["language"],
+        languages=fields["languages"],
+        domain=domain[0] if domain and len(domain) == 1 else domain,
+    )
 
     def need(option: str, what: str, param: str):
         if option not in known:
@@ -541,7 +640,39 @@ def transcribe_options(engine, fields: dict, adapter: str, task: str):
             temps.append(round(t, 2))
             t += 0.2
         kw["temperature"] = tuple(temps)
-    return TranscribeOptions(**kw)
+    options = TranscribeOptions(**kw)
+    if hasattr(options, "validate"):
+        try:
+            options.validate(langs)
+        except ValueError as e:
+            raise APIError(400, str(e)) from e
+    return options
+
+
+def parse_defaults(pairs: list[str]) -> dict:
+    """``KEY=VALUE`` strings (YAML values) -> TranscribeOptions fields; ValueError naming a bad key or value."""
+    import yaml
+
+    from .engine import TranscribeOptions
+
+    known = {f.name: f for f in dataclasses.fields(TranscribeOptions)}
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or key not in known:
+            raise ValueError(f"--set {pair!r}: give KEY=VALUE with KEY one of {sorted(known)}")
+        v = yaml.safe_load(value)
+        if key in ("temperature", "combine_weights"):
+            v = tuple(v) if isinstance(v, list) else (v,) if key == "temperature" else v
+        out[key] = v
+    try:
+        opts = TranscribeOptions(**out)
+        if hasattr(opts, "validate"):
+            opts.validate()
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"--set: {e}") from e
+    return out
 
 
 async def decode_upload(form, tmpdir: str):
@@ -575,8 +706,14 @@ def _event(obj: dict) -> str:
 
 
 def delta_event(seg, index: int) -> dict:
-    return {"type": "transcript.text.delta", "delta": (" " if index else "") + seg.text, "start": seg.start,
-            "end": seg.end, "language": seg.language, "adapter": seg.adapter}
+    return {
+        "type": "transcript.text.delta",
+        "delta": (" " if index else "") + seg.text,
+        "start": seg.start,
+        "end": seg.end,
+        "language": seg.language,
+        "adapter": seg.adapter,
+    }
 
 
 def _segment_dict(i: int, s) -> dict:
@@ -628,7 +765,11 @@ def render_response(result, fields: dict, task: str):
     if "segment" in fields["granularities"]:
         body["segments"] = [_segment_dict(i, s) for i, s in enumerate(result.segments)]
     if "word" in fields["granularities"]:
-        body["words"] = [dict(w) for s in result.segments for w in (getattr(s, "words", None) or [])]
+        body["words"] = [
+            dataclasses.asdict(w) if dataclasses.is_dataclass(w) else dict(w)
+            for s in result.segments
+            for w in (getattr(s, "words", None) or [])
+        ]
     return JSONResponse(body)
 
 
@@ -689,23 +830,71 @@ def run_server(engine, options: ServeOptions, announce=None) -> None:
 @click.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
 @click.option("--port", default=8000, show_default=True, type=int, help="Port (0 = any free port, printed).")
-@click.option("--api-key-file", type=click.Path(exists=True, dir_okay=False), default=None,
-              help=f"File holding the API key (else ${API_KEY_ENV}); needed for the admin endpoints.")
-@click.option("--max-batch", default=8, show_default=True, type=click.IntRange(1, 256),
-              help="Most requests per engine call (1 = no micro-batching).")
-@click.option("--max-wait-ms", default=50, show_default=True, type=click.IntRange(0, 60000),
-              help="Longest a queued request waits for others to batch with.")
-@click.option("--max-queue", default=64, show_default=True, type=click.IntRange(1, 100000),
-              help="Queued requests beyond this get 503 + Retry-After.")
+@click.option(
+    "--api-key-file",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help=f"File holding the API key (else ${API_KEY_ENV}); needed for the admin endpoints.",
+)
+@click.option(
+    "--max-batch",
+    default=8,
+    show_default=True,
+    type=click.IntRange(1, 256),
+    help="Most requests per engine call (1 = no micro-batching).",
+)
+@click.option(
+    "--max-wait-ms",
+    default=50,
+    show_default=True,
+    type=click.IntRange(0, 60000),
+    help="Longest a queued request waits for others to batch with.",
+)
+@click.option(
+    "--max-queue",
+    default=64,
+    show_default=True,
+    type=click.IntRange(1, 100000),
+    help="Queued requests beyond this get 503 + Retry-After.",
+)
 @click.option("--max-upload-mb", default=25.0, show_default=True, type=float, help="Largest upload (413 above).")
-@click.option("--drain-timeout", default=30.0, show_default=True, type=float,
-              help="On SIGTERM, seconds to finish accepted requests.")
-@click.option("--import-root", multiple=True, type=click.Path(file_okay=False),
-              help="Folder under which /v1/load_lora_adapter may import local adapter folders (repeatable).")
+@click.option(
+    "--drain-timeout",
+    default=30.0,
+    show_default=True,
+    type=float,
+    help="On SIGTERM, seconds to finish accepted requests.",
+)
+@click.option(
+    "--import-root",
+    multiple=True,
+    type=click.Path(file_okay=False),
+    help="Folder under which /v1/load_lora_adapter may import local adapter folders (repeatable).",
+)
 @click.option("--no-access-log", is_flag=True, help="No per-request log lines.")
+@click.option(
+    "--set",
+    "settings",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Default transcription option for every request, e.g. --set beam_size=5 --set vad=true "
+    "(requests override model, language, prompt, temperature...).",
+)
 @click.pass_context
-def serve(ctx, host, port, api_key_file, max_batch, max_wait_ms, max_queue, max_upload_mb, drain_timeout,
-          import_root, no_access_log):
+def serve(
+    ctx,
+    host,
+    port,
+    api_key_file,
+    max_batch,
+    max_wait_ms,
+    max_queue,
+    max_upload_mb,
+    drain_timeout,
+    import_root,
+    no_access_log,
+    settings,
+):
     """OpenAI-compatible /v1/audio/transcriptions server with model=auto routing."""
     from .base import load_base
     from .engine import Engine
@@ -716,11 +905,23 @@ def serve(ctx, host, port, api_key_file, max_batch, max_wait_ms, max_queue, max_
         key = Path(api_key_file).read_text().strip() or None
         if key is None:
             raise click.ClickException(f"{api_key_file}: empty API key file")
+    try:
+        defaults = parse_defaults(list(settings))
+    except ValueError as e:
+        raise click.ClickException(str(e)) from e
     o = ctx.obj or {}
     options = ServeOptions(
-        host=host, port=port, api_key=key, max_batch=max_batch, max_wait=max_wait_ms / 1000, max_queue=max_queue,
-        max_upload_bytes=int(max_upload_mb * 1024 * 1024), drain_timeout=drain_timeout,
-        import_roots=list(import_root), access_log=not no_access_log,
+        defaults=defaults,
+        host=host,
+        port=port,
+        api_key=key,
+        max_batch=max_batch,
+        max_wait=max_wait_ms / 1000,
+        max_queue=max_queue,
+        max_upload_bytes=int(max_upload_mb * 1024 * 1024),
+        drain_timeout=drain_timeout,
+        import_roots=list(import_root),
+        access_log=not no_access_log,
     )
     try:
         base = load_base(o.get("base", "offline"), o.get("quantize", "int8"), o.get("device"))
@@ -728,6 +929,8 @@ def serve(ctx, host, port, api_key_file, max_batch, max_wait_ms, max_queue, max_
         raise click.ClickException(f"cannot load base {o.get('base', 'offline')!r}: {e}") from e
     engine = Engine(base, Registry(o.get("registry") or "adapters"), cache_size=o.get("cache_size", 4))
     if not key:
-        click.echo(f"lora-whisper serve: no API key ({API_KEY_ENV} / --api-key-file): open access, admin endpoints off",
-                   err=True)
+        click.echo(
+            f"lora-whisper serve: no API key ({API_KEY_ENV} / --api-key-file): open access, admin endpoints off",
+            err=True,
+        )
     run_server(engine, options, announce=lambda m: click.echo(m, err=True))

@@ -27,11 +27,14 @@ except ImportError:  # pragma: no cover
     import httpx
 
 KEY = "sk-test-key"
+FAST = dict(temperature=(0.0,), max_new_tokens=8)
+"""Server defaults for the tiny random model: it fails every fallback check, so keep decoding greedy and short."""
 
 
 @contextlib.contextmanager
 def running(engine, **kw):
     """A real uvicorn server in a thread on an ephemeral port; yields (base url, app)."""
+    kw.setdefault("defaults", FAST)
     opts = ServeOptions(port=0, access_log=False, **kw)
     app = create_app(engine, opts)
     server = make_server(app, opts, log_level="warning")
@@ -85,8 +88,14 @@ def one_thread():
 def reg(tmp_path, tiny_adapter_factory):
     r = Registry(tmp_path / "adapters")
     fp = tiny_adapter_factory.fingerprint
-    file_adapter(r, tiny_adapter_factory("encoder+decoder", 1), "fr", "fr", fingerprint=fp,
-                 metrics={"before": {"wer": 0.9}, "after": {"wer": 0.3}})
+    file_adapter(
+        r,
+        tiny_adapter_factory("encoder+decoder", 1),
+        "fr",
+        "fr",
+        fingerprint=fp,
+        metrics={"before": {"wer": 0.9}, "after": {"wer": 0.3}},
+    )
     file_adapter(r, tiny_adapter_factory("encoder+decoder", 2), "fr-medical", "fr", "medical", fingerprint=fp)
     file_adapter(r, tiny_adapter_factory("decoder", 3), "de", "de", fingerprint=fp, scope="decoder")
     return r
@@ -112,29 +121,51 @@ def _error(r, status):
 
 # ---- formats, routing, equality with the engine -----------------------------------------------------------------
 def test_every_format_and_model_matches_the_engine(engine, clips):
-    cases = [("auto", {}), ("auto", {"language": "fr"}), ("fr-medical", {}), ("fr-medical@1", {}), ("base", {}),
-             ("test/tiny-whisper", {}), ("de", {"language": "de"})]
+    cases = [
+        ("auto", {}),
+        ("auto", {"language": "fr"}),
+        ("fr-medical", {}),
+        ("fr-medical@1", {}),
+        ("base", {}),
+        ("test/tiny-whisper", {}),
+        ("de", {"language": "de"}),
+        ("fr", {"prompt": "Bonjour docteur."}),
+        ("auto", {"extra_body": {"domain": "medical", "languages": "fr,de"}}),
+    ]
     adapters = {"auto": "auto", "base": "none", "test/tiny-whisper": "none"}
     want = {}
-    for model, extra in cases:  # computed before the scheduler owns the engine
-        o = TranscribeOptions(adapter=adapters.get(model, model), language=extra.get("language"))
+    for k, (model, extra) in enumerate(cases):  # computed before the scheduler owns the engine
         # one file per call, as the server runs sequential requests (the tiny random model's near-flat logits let
         # the batch's composition flip a token; real models and int8 with threshold 0 are row-independent)
-        want[model, extra.get("language")] = [r for c in clips for r in engine.transcribe([c], o)]
+        body = extra.get("extra_body", {})
+        o = TranscribeOptions(
+            adapter=adapters.get(model, model),
+            language=extra.get("language"),
+            initial_prompt=extra.get("prompt"),
+            domain=body.get("domain"),
+            languages=body["languages"].split(",") if body else None,
+            **FAST,
+        )
+        want[k] = [r for c in clips for r in engine.transcribe([c], o)]
     with running(engine) as (url, _app):
         c = client(url)
-        for model, extra in cases:
-            for clip, exp in zip(clips, want[model, extra.get("language")]):
+        for k, (model, extra) in enumerate(cases):
+            for clip, exp in zip(clips, want[k]):
                 with open(clip, "rb") as f:
-                    v = c.audio.transcriptions.create(model=model, file=f, response_format="verbose_json",
-                                                      timestamp_granularities=["segment"], **extra)
+                    v = c.audio.transcriptions.create(
+                        model=model,
+                        file=f,
+                        response_format="verbose_json",
+                        timestamp_granularities=["segment"],
+                        **extra,
+                    )
                 assert v.text == exp.text and v.language == exp.language and v.duration == exp.duration
                 assert v.adapter == exp.adapter and v.route == exp.route
                 assert [s.text for s in v.segments] == [s.text for s in exp.segments]
-        assert want["fr-medical", None][0].adapter == "fr-medical@1" and want["base", None][0].adapter is None
-        assert want["auto", "fr"][0].adapter == "fr@1" and want["de", "de"][0].adapter == "de@1"
+        assert want[2][0].adapter == "fr-medical@1" and want[4][0].adapter is None
+        assert want[1][0].adapter == "fr@1" and want[6][0].adapter == "de@1" and want[7][0].text != want[1][0].text
 
-        exp = want["fr-medical", None][0]
+        exp = want[2][0]
         with open(clips[0], "rb") as f:
             j = c.audio.transcriptions.create(model="fr-medical", file=f)
         assert j.text == exp.text
@@ -150,7 +181,7 @@ def test_every_format_and_model_matches_the_engine(engine, clips):
 
 
 def test_streaming_sse(engine, clips):
-    exp = next(engine.transcribe([clips[1]], TranscribeOptions(adapter="fr")))
+    exp = next(engine.transcribe([clips[1]], TranscribeOptions(adapter="fr", **FAST)))
     with running(engine) as (url, _app):
         with open(clips[1], "rb") as f:
             events = list(client(url).audio.transcriptions.create(model="fr", file=f, stream=True))
@@ -159,14 +190,39 @@ def test_streaming_sse(engine, clips):
         assert "".join(e.delta for e in events[:-1]).strip() == exp.text
         assert events[-1].adapter == "fr@1"
         # raw: text/event-stream, data: lines, [DONE] at the end
-        with open(clips[1], "rb") as f, httpx.stream(
-            "POST", url + "/v1/audio/transcriptions", files={"file": ("b.flac", f.read())},
-            data={"model": "fr", "stream": "true"}, timeout=120
-        ) as r:
+        with (
+            open(clips[1], "rb") as f,
+            httpx.stream(
+                "POST",
+                url + "/v1/audio/transcriptions",
+                files={"file": ("b.flac", f.read())},
+                data={"model": "fr", "stream": "true"},
+                timeout=120,
+            ) as r,
+        ):
             assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
             lines = [ln for ln in r.iter_lines() if ln]
         assert lines[-1] == "data: [DONE]" and all(ln.startswith("data: ") for ln in lines)
         assert json.loads(lines[-2][6:])["text"] == exp.text
+
+
+def test_translation_and_server_defaults(engine, clips):
+    from lora_whisper.server import parse_defaults
+
+    exp = next(engine.transcribe([clips[0]], TranscribeOptions(task="translate", adapter="none", **FAST)))
+    with running(engine) as (url, _app):
+        with open(clips[0], "rb") as f:
+            t = client(url).audio.translations.create(model="base", file=f, response_format="verbose_json")
+    assert t.task == "translate" and t.text == exp.text
+    assert parse_defaults(["beam_size=2", "temperature=[0, 0.5]", "vad=true", "temperature=0"]) == {
+        "beam_size": 2,
+        "temperature": (0,),
+        "vad": True,
+    }
+    with pytest.raises(ValueError, match="beam_size"):
+        parse_defaults(["beam=2"])
+    with pytest.raises(ValueError, match="beam size"):
+        parse_defaults(["beam_size=0"])
 
 
 # ---- errors ------------------------------------------------------------------------------------------------------
@@ -193,26 +249,40 @@ def test_errors_in_openai_shape(engine, clips, tmp_path, wavs):
             for _ in range(30):
                 yield b"0" * 10_000
 
-        r = httpx.post(url + "/v1/audio/transcriptions", content=chunked(), timeout=60,
-                       headers={"Authorization": f"Bearer {KEY}", "Content-Type": "multipart/form-data; boundary=x"})
+        r = httpx.post(
+            url + "/v1/audio/transcriptions",
+            content=chunked(),
+            timeout=60,
+            headers={"Authorization": f"Bearer {KEY}", "Content-Type": "multipart/form-data; boundary=x"},
+        )
         _error(r, 413)
         # 400: unreadable audio names the file and the problem
-        for bad, needle in ((wavs["text"], "notes.wav: cannot decode"), (wavs["empty"], "empty"),
-                            (wavs["silence"], "silent"), (wavs["truncated"], "truncated.wav")):
+        for bad, needle in (
+            (wavs["text"], "notes.wav: cannot decode"),
+            (wavs["empty"], "empty"),
+            (wavs["silence"], "silent"),
+            (wavs["truncated"], "truncated.wav"),
+        ):
             err = _error(post(url, "/v1/audio/transcriptions", bad, {"model": "auto"}, key=KEY), 400)
             assert needle in err["message"] and err["param"] == "file" and str(tmp_path) not in err["message"]
-        for data, param in (({"model": "auto", "response_format": "xml"}, "response_format"),
-                            ({"model": "auto", "temperature": "hot"}, "temperature"),
-                            ({"model": "auto", "temperature": "3"}, "temperature"),
-                            ({"model": "auto", "language": "xx"}, "language"),
-                            ({"model": "auto", "languages": "fr,qq"}, "languages"),
-                            ({"model": "auto", "timestamp_granularities[]": "char", "response_format": "verbose_json"},
-                             "timestamp_granularities"),
-                            ({"model": "auto", "stream": "maybe"}, "stream")):
+        for data, param in (
+            ({"model": "auto", "response_format": "xml"}, "response_format"),
+            ({"model": "auto", "temperature": "hot"}, "temperature"),
+            ({"model": "auto", "temperature": "3"}, "temperature"),
+            ({"model": "auto", "language": "xx"}, "language"),
+            ({"model": "auto", "languages": "fr,qq"}, "languages"),
+            (
+                {"model": "auto", "timestamp_granularities[]": "char", "response_format": "verbose_json"},
+                "timestamp_granularities",
+            ),
+            ({"model": "auto", "stream": "maybe"}, "stream"),
+        ):
             err = _error(post(url, "/v1/audio/transcriptions", clips[0], data, key=KEY), 400)
             assert err["param"] == param, err
         _error(post(url, "/v1/audio/transcriptions", None, {"model": "auto"}, key=KEY), 400)
-        r = httpx.post(url + "/v1/audio/transcriptions", json={"model": "auto"}, headers={"Authorization": f"Bearer {KEY}"})
+        r = httpx.post(
+            url + "/v1/audio/transcriptions", json={"model": "auto"}, headers={"Authorization": f"Bearer {KEY}"}
+        )
         assert "multipart" in _error(r, 400)["message"]
         # 404: unknown model or version, listing the valid ones; nothing outside the registry is reachable
         for model in ("nope", "fr@9", "../../etc", "fr-medical@x"):
@@ -257,8 +327,8 @@ def _wait(cond, what, timeout=60):
 def test_queue_full_503_and_micro_batches(engine, clips):
     gate = Gate(engine)
     order = [clips[0], clips[1], clips[0]]
-    single = next(gate.inner([clips[0]], TranscribeOptions(adapter="fr@1"))).text
-    batched = [r.text for r in gate.inner(order, TranscribeOptions(adapter="fr@1"))]  # the same batch, unserved
+    single = next(gate.inner([clips[0]], TranscribeOptions(adapter="fr@1", **FAST))).text
+    batched = [r.text for r in gate.inner(order, TranscribeOptions(adapter="fr@1", **FAST))]  # the same batch, unserved
     with running(engine, max_queue=3, max_batch=8, max_wait=0.0) as (url, app):
         sched = app.state.scheduler
         with ThreadPoolExecutor(8) as pool:
@@ -293,8 +363,11 @@ def test_requests_with_other_options_are_not_batched_together(engine, clips):
             models = ["fr", "de", "fr", "auto", "de", "fr"]
             futs = []
             for k, m in enumerate(models):  # one at a time, so the queue order is known
-                futs.append(pool.submit(post, url, "/v1/audio/transcriptions", clips[0],
-                                        {"model": m, "response_format": "verbose_json"}))
+                futs.append(
+                    pool.submit(
+                        post, url, "/v1/audio/transcriptions", clips[0], {"model": m, "response_format": "verbose_json"}
+                    )
+                )
                 _wait(lambda k=k: app.state.scheduler.depth == k + 1, f"{k + 1} queued requests")
             gate.open.set()
             out = [f.result().json() for f in futs]
@@ -330,31 +403,70 @@ def test_two_servers_share_a_registry(tiny_model_dir, reg, tiny_adapter_factory,
         file_adapter(Registry(reg.root), tiny_adapter_factory("encoder+decoder", 4), "es", "es", fingerprint=fp)
         for u in (u1, u2):
             assert "es" in ids(u)
-            r = post(u, "/v1/audio/transcriptions", clips[0], {"model": "es", "response_format": "verbose_json"}, key=KEY)
+            r = post(
+                u, "/v1/audio/transcriptions", clips[0], {"model": "es", "response_format": "verbose_json"}, key=KEY
+            )
             assert r.json()["adapter"] == "es@1"
-            r = post(u, "/v1/audio/transcriptions", clips[0],
-                     {"model": "auto", "language": "es", "response_format": "verbose_json"}, key=KEY)
+            r = post(
+                u,
+                "/v1/audio/transcriptions",
+                clips[0],
+                {"model": "auto", "language": "es", "response_format": "verbose_json"},
+                key=KEY,
+            )
             assert r.json()["adapter"] == "es@1"
         # a new version filed: model=es now means es@2 on both; es@1 still answers when asked for
         file_adapter(Registry(reg.root), tiny_adapter_factory("encoder+decoder", 6), "es", "es", fingerprint=fp)
         for u in (u1, u2):
-            assert post(u, "/v1/audio/transcriptions", clips[0], {"model": "es", "response_format": "verbose_json"},
-                        key=KEY).json()["adapter"] == "es@2"
-            assert post(u, "/v1/audio/transcriptions", clips[0], {"model": "es@1", "response_format": "verbose_json"},
-                        key=KEY).json()["adapter"] == "es@1"
+            assert (
+                post(
+                    u, "/v1/audio/transcriptions", clips[0], {"model": "es", "response_format": "verbose_json"}, key=KEY
+                ).json()["adapter"]
+                == "es@2"
+            )
+            assert (
+                post(
+                    u,
+                    "/v1/audio/transcriptions",
+                    clips[0],
+                    {"model": "es@1", "response_format": "verbose_json"},
+                    key=KEY,
+                ).json()["adapter"]
+                == "es@1"
+            )
         # admin: import a local folder through one server, remove through the other
-        r = httpx.post(u1 + "/v1/load_lora_adapter", headers=auth,
-                       json={"lora_name": "es-legal", "lora_path": str(staged), "language": "es", "domain": "legal"})
+        r = httpx.post(
+            u1 + "/v1/load_lora_adapter",
+            headers=auth,
+            json={"lora_name": "es-legal", "lora_path": str(staged), "language": "es", "domain": "legal"},
+        )
         assert r.status_code == 200 and r.json()["ref"] == "es-legal@1", r.text
-        assert post(u2, "/v1/audio/transcriptions", clips[0],
-                    {"model": "auto", "language": "es", "domain": "legal", "response_format": "verbose_json"},
-                    key=KEY).json()["adapter"] == "es-legal@1"
+        assert (
+            post(
+                u2,
+                "/v1/audio/transcriptions",
+                clips[0],
+                {"model": "auto", "language": "es", "domain": "legal", "response_format": "verbose_json"},
+                key=KEY,
+            ).json()["adapter"]
+            == "es-legal@1"
+        )
         outside = tiny_adapter_factory("encoder+decoder", 7)  # not under --import-root
-        err = _error(httpx.post(u1 + "/v1/load_lora_adapter", headers=auth,
-                                json={"lora_name": "x", "lora_path": str(outside), "language": "es"}), 403)
+        err = _error(
+            httpx.post(
+                u1 + "/v1/load_lora_adapter",
+                headers=auth,
+                json={"lora_name": "x", "lora_path": str(outside), "language": "es"},
+            ),
+            403,
+        )
         assert "--import-root" in err["message"]
-        err = _error(httpx.post(u1 + "/v1/load_lora_adapter", headers=auth,
-                                json={"lora_name": "../x", "lora_path": str(staged)}), 400)
+        err = _error(
+            httpx.post(
+                u1 + "/v1/load_lora_adapter", headers=auth, json={"lora_name": "../x", "lora_path": str(staged)}
+            ),
+            400,
+        )
         assert err["param"] == "lora_name"
         r = httpx.post(u2 + "/v1/unload_lora_adapter", headers=auth, json={"lora_name": "es"})
         assert r.status_code == 200 and r.json()["removed"] == ["es@1", "es@2"]
@@ -382,15 +494,29 @@ def test_load_adapter_from_the_hub(engine, reg, tiny_adapter_factory, monkeypatc
         push(reg, "fr-medical", "tester/fr-medical")
         with running(engine, api_key=KEY) as (url, _app):
             auth = {"Authorization": f"Bearer {KEY}"}
-            r = httpx.post(url + "/v1/load_lora_adapter", headers=auth,
-                           json={"lora_name": "fr-medical-hub", "lora_path": "tester/fr-medical"})
+            r = httpx.post(
+                url + "/v1/load_lora_adapter",
+                headers=auth,
+                json={"lora_name": "fr-medical-hub", "lora_path": "tester/fr-medical"},
+            )
             assert r.status_code == 200, r.text
             assert (r.json()["ref"], r.json()["language"], r.json()["domain"]) == ("fr-medical-hub@1", "fr", "medical")
-            v = post(url, "/v1/audio/transcriptions", clips[0], {"model": "fr-medical-hub",
-                                                                  "response_format": "verbose_json"}, key=KEY).json()
+            v = post(
+                url,
+                "/v1/audio/transcriptions",
+                clips[0],
+                {"model": "fr-medical-hub", "response_format": "verbose_json"},
+                key=KEY,
+            ).json()
             assert v["adapter"] == "fr-medical-hub@1"
-            err = _error(httpx.post(url + "/v1/load_lora_adapter", headers=auth,
-                                    json={"lora_name": "y", "lora_path": "tester/does-not-exist"}), 400)
+            err = _error(
+                httpx.post(
+                    url + "/v1/load_lora_adapter",
+                    headers=auth,
+                    json={"lora_name": "y", "lora_path": "tester/does-not-exist"},
+                ),
+                400,
+            )
             assert "tester/does-not-exist" in err["message"]
 
 
@@ -398,8 +524,16 @@ def test_removing_an_adapter_in_use_breaks_no_request(engine, reg, clips):
     gate = Gate(engine)
     with running(engine, max_wait=0.0) as (url, app):
         with ThreadPoolExecutor(6) as pool:
-            futs = [pool.submit(post, url, "/v1/audio/transcriptions", clips[k % 2],
-                                {"model": "fr-medical", "response_format": "verbose_json"}) for k in range(4)]
+            futs = [
+                pool.submit(
+                    post,
+                    url,
+                    "/v1/audio/transcriptions",
+                    clips[k % 2],
+                    {"model": "fr-medical", "response_format": "verbose_json"},
+                )
+                for k in range(4)
+            ]
             _wait(lambda: app.state.scheduler.busy == 4, "4 accepted requests")
             reg.remove("fr-medical")
             gate.open.set()
@@ -410,9 +544,31 @@ def test_removing_an_adapter_in_use_breaks_no_request(engine, reg, clips):
 
 # ---- SIGTERM -----------------------------------------------------------------------------------------------------
 def test_sigterm_under_load_loses_no_accepted_request(tiny_model_dir, reg, clips, tmp_path):
-    cmd = [sys.executable, "-m", "lora_whisper.cli", "--registry", str(reg.root), "--base", str(tiny_model_dir),
-           "--quantize", "none", "--device", "cpu", "serve", "--port", "0", "--max-batch", "2", "--no-access-log",
-           "--drain-timeout", "600"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "lora_whisper.cli",
+        "--registry",
+        str(reg.root),
+        "--base",
+        str(tiny_model_dir),
+        "--quantize",
+        "none",
+        "--device",
+        "cpu",
+        "serve",
+        "--port",
+        "0",
+        "--max-batch",
+        "2",
+        "--no-access-log",
+        "--drain-timeout",
+        "600",
+        "--set",
+        "temperature=0",
+        "--set",
+        "max_new_tokens=8",
+    ]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     env.pop("LORA_WHISPER_API_KEY", None)
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env)
@@ -429,7 +585,9 @@ def test_sigterm_under_load_loses_no_accepted_request(tiny_model_dir, reg, clips
         threading.Thread(target=proc.stderr.read, daemon=True).start()  # keep the pipe drained
         n = 10
         with ThreadPoolExecutor(n) as pool:
-            futs = [pool.submit(post, url, "/v1/audio/transcriptions", clips[k % 2], {"model": "auto"}) for k in range(n)]
+            futs = [
+                pool.submit(post, url, "/v1/audio/transcriptions", clips[k % 2], {"model": "auto"}) for k in range(n)
+            ]
 
             def accepted():
                 done = sum(f.done() for f in futs)
@@ -456,13 +614,23 @@ def test_real_base_server_equals_engine(offline_base, tmp_path):
     engine = Engine(offline_base, Registry(tmp_path / "empty"))
     files = [AUDIO / "jfk_inaugural.wav", AUDIO / "fleurs-fr-000.wav"]
     want = list(engine.transcribe(files, TranscribeOptions()))
-    with running(engine) as (url, _app):
+    with running(engine, defaults={}) as (url, _app):
         c = client(url)
         with ThreadPoolExecutor(2) as pool:  # concurrent: they share a micro-batch
+
             def one(f):
                 with open(f, "rb") as fh:
                     return c.audio.transcriptions.create(model="auto", file=fh, response_format="verbose_json")
 
             got = list(pool.map(one, files))
+        assert [g.language for g in got] == ["en", "fr"] and "ask not what your country" in got[0].text.lower()
+        with open(files[0], "rb") as fh:  # word timestamps, and translation of the French clip
+            v = c.audio.transcriptions.create(
+                model="base", file=fh, response_format="verbose_json", timestamp_granularities=["word", "segment"]
+            )
+        words = [w.word.strip().lower().strip(",.") for w in v.words]
+        assert "country" in words and all(w.start <= w.end for w in v.words) and v.segments
+        with open(files[1], "rb") as fh:
+            t = c.audio.translations.create(model="base", file=fh, response_format="verbose_json")
+        assert t.task == "translate" and t.language == "fr" and t.text != got[1].text
     assert [g.text for g in got] == [w.text for w in want]
-    assert [g.language for g in got] == ["en", "fr"] and "ask not what your country" in got[0].text.lower()
