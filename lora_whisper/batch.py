@@ -606,6 +606,32 @@ def _start_ray(options: BatchOptions) -> bool:
     return True
 
 
+def _check_resources(options: BatchOptions) -> None:
+    """Fail at once, rather than wait forever, when the cluster cannot hold the actors beside a decode task (an
+    autoscaling cluster must have its nodes up before the run)."""
+    import ray
+
+    have = ray.cluster_resources()
+    gpus, cpus = have.get("GPU", 0.0), have.get("CPU", 0.0)
+    if options.num_gpus_per_worker > gpus:
+        raise BatchError(
+            f"--num-gpus-per-worker {options.num_gpus_per_worker:g}: the Ray cluster has {gpus:g} GPU(s); "
+            "use 0 to run on CPU, or join a cluster with GPUs (--address)"
+        )
+    if options.cpus_per_worker + options.decode_cpus > cpus:
+        raise BatchError(
+            f"the Ray cluster has {cpus:g} CPU(s): not enough for one actor ({options.cpus_per_worker:g} CPU) "
+            f"and a decode task ({options.decode_cpus:g} CPU) beside it; lower --cpus-per-worker"
+        )
+    if options.num_workers * options.cpus_per_worker + options.decode_cpus > cpus:
+        # actors hold their CPUs for the whole run: decode tasks that find none left would wait forever
+        raise BatchError(
+            f"{options.num_workers} workers x {options.cpus_per_worker:g} CPU plus a decode task "
+            f"({options.decode_cpus:g} CPU) do not fit in the Ray cluster's {cpus:g} CPU(s); lower --num-workers or "
+            "--cpus-per-worker"
+        )
+
+
 def _data_context() -> None:
     import ray.data
 
@@ -683,6 +709,7 @@ def run_batch(
     if todo:
         started = _start_ray(options)
         try:
+            _check_resources(options)
             _data_context()
             _run(todo, options, spec, topts, out, summary, echo)
         finally:

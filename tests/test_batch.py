@@ -316,6 +316,16 @@ def test_cli_batch_and_summary(ray_local, model_dir, registry, audio_dir, tmp_pa
     assert bad.exit_code == 2 and "nope=1" in bad.output and "max_new_tokens" in bad.output
 
 
+def test_resources_that_cannot_fit_fail_at_once(ray_local, model_dir, registry, audio_dir, tmp_path):
+    spec, files = _spec(model_dir, registry), [str(audio_dir / "clip0.wav")]
+    with pytest.raises(BatchError, match="--num-gpus-per-worker 1: the Ray cluster has 0 GPU"):
+        run_batch(files, BatchOptions(out=tmp_path / "a", num_gpus_per_worker=1), spec, _topts())
+    with pytest.raises(
+        BatchError, match="2 workers x 1 CPU plus a decode task .* do not fit in the Ray cluster's 2 CPU"
+    ):
+        run_batch(files, BatchOptions(out=tmp_path / "b", num_workers=2), spec, _topts())
+
+
 # ---- without Ray ------------------------------------------------------------------------------------------------------
 def test_missing_ray_says_how_to_install(monkeypatch, audio_dir, tmp_path, model_dir, registry):
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
