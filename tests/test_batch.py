@@ -220,6 +220,17 @@ def test_forced_language_skips_detection_and_parquet(ray_local, model_dir, regis
     assert rows == _expected(model_dir, registry, files, topts)
 
 
+def test_other_options_pass_through_vad(ray_local, model_dir, registry, audio_dir, tmp_path):
+    """Options beyond the CLI's own reach the actors' engines (here vad=True): with VAD a silent file is no error,
+    as in the engine, whose rows these equal."""
+    topts = _topts(language="pt", languages=None, vad=True)
+    s, rows, _ = _run([audio_dir], tmp_path / "out", model_dir, registry, topts)
+    files = sorted(audio_dir.iterdir())
+    assert rows == _expected(model_dir, registry, files, topts)
+    silent = next(r for r in rows if r["file"].endswith("silence.wav"))
+    assert "error" not in silent and silent["text"] == ""
+
+
 def test_manifest_with_ids_and_bad_rows(ray_local, model_dir, registry, audio_dir, tmp_path):
     man = tmp_path / "list.jsonl"
     lines = [
