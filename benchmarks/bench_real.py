@@ -81,7 +81,9 @@ def synthetic_clips(records, per_set: int) -> list[Clip]:
         _, held = load_splits(recipe)
         for h in held:
             for ex in h.data.examples:
-                out.append(Clip(f"{rec.name}/{h.split}/{ex.id.split(':')[-2]}", h.kind, rec.language, ex.text, ex.load()))
+                out.append(
+                    Clip(f"{rec.name}/{h.split}/{ex.id.split(':')[-2]}", h.kind, rec.language, ex.text, ex.load())
+                )
     return out
 
 
@@ -102,7 +104,8 @@ class Probe:
         self.sot = base.processor.tokenizer.convert_tokens_to_ids("<|startoftranscript|>")
         self.langs = base.languages
 
-    def _probs(self, feats, adapter: str | None) -> list[dict]:
+    def _probs(self, feats, adapter: str | None, base_enc=None) -> tuple[list[dict], object]:
+        """Probabilities (and the encoder output used); ``base_enc`` is reused for decoder-only adapters."""
         import contextlib
 
         import torch
@@ -116,21 +119,23 @@ class Probe:
             self.model.set_adapter(adapter)
             ctx = contextlib.nullcontext()
         with torch.inference_mode(), ctx:
-            enc = m.get_encoder()(feats).last_hidden_state
+            enc = base_enc if base_enc is not None else m.get_encoder()(feats).last_hidden_state
             start = torch.full((len(feats), 1), self.sot)
             logits = m(encoder_outputs=(enc,), decoder_input_ids=start).logits[:, -1]
         p = logits.float()[:, ids].softmax(-1).numpy()
-        return [dict(zip(names, map(float, row))) for row in p]
+        return [dict(zip(names, map(float, row))) for row in p], enc
 
     def run(self, clips: list[Clip], batch: int = 8) -> None:
         fe = self.base.processor.feature_extractor
         for k in range(0, len(clips), batch):
             chunk = clips[k : k + batch]
             feats = fe([c.audio[: 30 * 16000] for c in chunk], sampling_rate=16000, return_tensors="pt").input_features
-            for c, p in zip(chunk, self._probs(feats, None)):
+            probs, base_enc = self._probs(feats, None)
+            for c, p in zip(chunk, probs):
                 c.probs = p
             for rec in self.records:
-                for c, p in zip(chunk, self._probs(feats, rec.name)):
+                probs, _ = self._probs(feats, rec.name, base_enc if rec.decoder_only else None)
+                for c, p in zip(chunk, probs):
                     c.own[rec.ref] = p.get(rec.language, 0.0)
                     c.adapter_top[rec.ref] = p.get(max(c.probs, key=c.probs.get), 0.0)
             print(f"  probabilities: {min(k + batch, len(clips))}/{len(clips)}", file=sys.stderr, flush=True)
@@ -161,8 +166,10 @@ def decide(clip: Clip, records, domains: list[str], gate: str) -> tuple[str, str
 
 
 def routing_section(clips: list[Clip], records, domains: list[str]) -> None:
-    print(f"\n## Routing on measured probabilities (--domain {','.join(domains) or '-'}; adapters: "
-          f"{', '.join(r.ref for r in records)})")
+    print(
+        f"\n## Routing on measured probabilities (--domain {','.join(domains) or '-'}; adapters: "
+        f"{', '.join(r.ref for r in records)})"
+    )
     for gate in ("old", "new"):
         table: dict[tuple[str, str], dict] = {}
         for c in clips:
@@ -249,9 +256,15 @@ def main() -> None:
         print(f"{'adapter':<20}{'set':<30}{'n':>5}{'base WER':>10}{'adapter WER':>13}{'change':>9}")
         for rec in synth_records:
             sets = {}
-            for c in synth:
-                if c.id.startswith(rec.name + "/"):
-                    sets.setdefault(c.kind, []).append(c)
+            for ev in (rec.metrics or {}).get("evaluations") or []:  # measured by `train` on this adapter's own data
+                b, a = (ev.get("before") or {}).get("wer"), (ev.get("after") or {}).get("wer")
+                if b is not None and a is not None:
+                    ch = (a - b) / b if b else float("nan")
+                    print(f"{rec.ref:<20}{ev['kind'] + ' (train)':<30}{ev['n']:>5}{b:>10.3f}{a:>13.3f}{ch:>+9.1%}")
+                else:
+                    for c in synth:
+                        if c.id.startswith(rec.name + "/") and c.kind == ev["kind"]:
+                            sets.setdefault(c.kind, []).append(c)
             sets["real"] = [c for c in real if c.language == rec.language]
             for kind, cs in sets.items():
                 if not cs:
@@ -285,8 +298,13 @@ def main() -> None:
                     }
                 )
             adapters = [
-                {"ref": r.ref, "language": r.language, "domain": r.domain, "train_kind": (r.metrics or {}).get("train_kind"),
-                 "scope": r.lora.get("scope")}
+                {
+                    "ref": r.ref,
+                    "language": r.language,
+                    "domain": r.domain,
+                    "train_kind": (r.metrics or {}).get("train_kind"),
+                    "scope": r.lora.get("scope"),
+                }
                 for r in active
             ]
             Path(args.save_probs).write_text(json.dumps({"adapters": adapters, "clips": keep}, indent=1) + "\n")

@@ -250,7 +250,9 @@ def pick_device(device: str | None = None, env: dict | None = None, cuda_count: 
         local = env.get("LOCAL_RANK")
         index = int(local) if local not in (None, "") and str(local).isdigit() else 0
     if index >= cuda_count:
-        raise BaseModelError(f"device cuda:{index}: only {cuda_count} GPU(s) visible (LOCAL_RANK={env.get('LOCAL_RANK')})")
+        raise BaseModelError(
+            f"device cuda:{index}: only {cuda_count} GPU(s) visible (LOCAL_RANK={env.get('LOCAL_RANK')})"
+        )
     return f"cuda:{index}"
 
 

@@ -285,9 +285,7 @@ def validate(r: Recipe) -> list[str]:
             if not v:
                 p.append(f"data.{k}: required for source {d.source}")
             elif unset := _unset_vars(str(v)):
-                p.append(
-                    f"data.{k}: environment variable {unset[0]} is not set; export it or pass --set data.{k}=PATH"
-                )
+                p.append(f"data.{k}: environment variable {unset[0]} is not set; export it or pass --set data.{k}=PATH")
     if d.source != "manifest" and (d.split_column or d.speaker_column):
         p.append("data.split_column/speaker_column: only for source manifest")
     if not isinstance(d.validation, int) or d.validation < 0:
@@ -304,7 +302,9 @@ def validate(r: Recipe) -> list[str]:
         ):
             p.append(f"data.speed_perturb: expected [low, high] factors within [0.5, 2.0], got {sp!r}")
         elif r.lora.scope == "decoder":
-            p.append("data.speed_perturb: needs lora.scope encoder+decoder (decoder-only trains on cached encoder output)")
+            p.append(
+                "data.speed_perturb: needs lora.scope encoder+decoder (decoder-only trains on cached encoder output)"
+            )
     if d.source == "hub" and not d.dataset:
         p.append("data.dataset: required for source hub")
     for k in ("speed", "pitch"):

@@ -78,8 +78,13 @@ def model_card(record: AdapterRecord, repo_id: str) -> str:
     )
     lora = record.lora or {}
     evaluations = (record.metrics or {}).get("evaluations") or [
-        {"kind": (record.metrics or {}).get("kind", "held-out"), "split": (record.metrics or {}).get("split", "test"),
-         "n": (record.metrics or {}).get("held_out"), "before": before, "after": after}
+        {
+            "kind": (record.metrics or {}).get("kind", "held-out"),
+            "split": (record.metrics or {}).get("split", "test"),
+            "n": (record.metrics or {}).get("held_out"),
+            "before": before,
+            "after": after,
+        }
     ]
     rows = "\n".join(
         f"| {ev.get('kind')} | {ev.get('split')} | {ev.get('n') if ev.get('n') is not None else '-'} | {m.upper()} | "

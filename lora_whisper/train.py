@@ -80,7 +80,10 @@ def load_splits(recipe: Recipe, progress=None) -> tuple[Loaded, list[HeldOut]]:
             splits["train"][: d.max_train], lang, tv, cache, d.noise_snr_db, seed, f"{d.corpus}:train", progress
         )
         held = []
-        for split, kind, cap in (("test-out", KIND_OUT_OF_TEMPLATE, d.max_test_out), ("test", KIND_IN_TEMPLATE, d.max_test)):
+        for split, kind, cap in (
+            ("test-out", KIND_OUT_OF_TEMPLATE, d.max_test_out),
+            ("test", KIND_IN_TEMPLATE, d.max_test),
+        ):
             if splits[split] and cap != 0:
                 ex = synthesize(
                     splits[split][:cap], lang, ev, cache, d.noise_snr_db, seed + 1, f"{d.corpus}:{split}", progress
@@ -393,7 +396,9 @@ def train(
     train_raw, held_raw = load_splits(recipe, progress=bar.update if bar is not None else None)
     limit = min(448, getattr(base.model.config, "max_target_positions", 448))
     train_all = validate(_cap(train_raw, recipe.data.max_train), base.processor.tokenizer, max_label_tokens=limit)
-    held = [HeldOut(h.kind, h.split, validate(h.data, base.processor.tokenizer, max_label_tokens=limit)) for h in held_raw]
+    held = [
+        HeldOut(h.kind, h.split, validate(h.data, base.processor.tokenizer, max_label_tokens=limit)) for h in held_raw
+    ]
     if recipe.data.source != "synthetic":
         held = [HeldOut(h.kind, h.split, _cap(h.data, recipe.data.max_test)) for h in held]
     if bar is not None:
@@ -678,7 +683,9 @@ class _BestCheckpoint:
         self.history.append({"step": step, "wer": round(w, 4)})
         logger.info("step %d: validation WER %.4f", step, w)
         if self.best is None or w < self.best[0]:
-            state = {k: v.detach().to("cpu").clone().contiguous() for k, v in get_peft_model_state_dict(self.model).items()}
+            state = {
+                k: v.detach().to("cpu").clone().contiguous() for k, v in get_peft_model_state_dict(self.model).items()
+            }
             self.best = (w, step, state)
             self.dir.mkdir(parents=True, exist_ok=True)
             save_file(state, str(self.dir / "weights.safetensors"))

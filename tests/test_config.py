@@ -104,7 +104,13 @@ def test_new_fields_are_checked():
             ],
         )
     msg = str(e.value)
-    for needle in ("train.precision: 'fp8'", "data.timestamps", "data.validation", "speed_perturb: needs lora.scope", "mask_time_prob"):
+    for needle in (
+        "train.precision: 'fp8'",
+        "data.timestamps",
+        "data.validation",
+        "speed_perturb: needs lora.scope",
+        "mask_time_prob",
+    ):
         assert needle in msg, needle
     r = load_recipe(None, ["data.corpus=fr-medical", "data.speed_perturb=[0.9,1.1]", "train.precision=bf16"])
     assert tuple(r.data.speed_perturb) == (0.9, 1.1) and "speed_perturb:\n  - 0.9" in r.to_yaml()

@@ -98,7 +98,9 @@ def test_manifest_splits_and_speakers(tmp_path, clips):
     rows = []
     for i in range(30):
         spk = "big" if i < 12 else f"s{i % 6}"
-        rows.append({"audio": clips["good"], "text": f"t{i}", "split": "dev" if i % 10 == 9 else "train", "speaker": spk})
+        rows.append(
+            {"audio": clips["good"], "text": f"t{i}", "split": "dev" if i % 10 == 9 else "train", "speaker": spk}
+        )
     m = tmp_path / "m.jsonl"
     m.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     train = load_manifest(m, split="train", split_column="split", speaker_column="speaker")

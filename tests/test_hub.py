@@ -123,15 +123,34 @@ def test_card_reports_in_and_out_of_template_figures_and_inactive_status():
     from lora_whisper.registry import AdapterRecord
 
     ev = [
-        {"kind": "synthetic-out-of-template", "split": "test-out", "n": 60, "before": {"wer": 1.2, "cer": 0.8},
-         "after": {"wer": 0.7, "cer": 0.4}},
-        {"kind": "synthetic-in-template", "split": "test", "n": 60, "before": {"wer": 1.1, "cer": 0.7},
-         "after": {"wer": 0.2, "cer": 0.1}},
+        {
+            "kind": "synthetic-out-of-template",
+            "split": "test-out",
+            "n": 60,
+            "before": {"wer": 1.2, "cer": 0.8},
+            "after": {"wer": 0.7, "cer": 0.4},
+        },
+        {
+            "kind": "synthetic-in-template",
+            "split": "test",
+            "n": 60,
+            "before": {"wer": 1.1, "cer": 0.7},
+            "after": {"wer": 0.2, "cer": 0.1},
+        },
     ]
     rec = AdapterRecord(
-        "fr-medical", 3, "fr", {"hub_id": "openai/whisper-base", "fingerprint": "sha256:x"}, domain="medical",
-        metrics={"before": ev[0]["before"], "after": ev[0]["after"], "kind": ev[0]["kind"], "split": "test-out",
-                 "evaluations": ev},
+        "fr-medical",
+        3,
+        "fr",
+        {"hub_id": "openai/whisper-base", "fingerprint": "sha256:x"},
+        domain="medical",
+        metrics={
+            "before": ev[0]["before"],
+            "after": ev[0]["after"],
+            "kind": ev[0]["kind"],
+            "split": "test-out",
+            "evaluations": ev,
+        },
         inactive_reason="not better than the base on real dev",
     )
     card = model_card(rec, "user/fr-medical")

@@ -238,7 +238,11 @@ def test_inactive_adapter_is_listed_with_its_reason_and_only_forced(reg, tiny_ad
     a = tiny_adapter_factory()
     why = "not better than the base on real dev: WER 0.140 vs base 0.130"
     bad = file_adapter(
-        reg, a, "en-cv", "en", metrics={"before": {"wer": 0.13}, "after": {"wer": 0.14}, "kind": "real", "split": "dev"},
+        reg,
+        a,
+        "en-cv",
+        "en",
+        metrics={"before": {"wer": 0.13}, "after": {"wer": 0.14}, "kind": "real", "split": "dev"},
         inactive_reason=why,
     )
     assert bad.active and not bad.routable and reg.routable() == [] and reg.languages() == set()
