@@ -49,6 +49,8 @@ INPUT_TYPES = ("auto", "files", "manifest", "hf")
 FORMATS = ("jsonl", "parquet")
 MERGED_NAME = "transcripts"
 PARTS_DIR = "parts"
+ROUTES_NAME = "routes.jsonl"
+"""Routes found by detection passes (key, route, signature of what they depend on), kept for resumed runs."""
 FAULT_ENV = "LORA_WHISPER_BATCH_FAULT"
 """For fault-injection tests: ``SUBSTRING:MARKER``: the transcription actor that gets a file whose name contains
 SUBSTRING kills its own process (``os._exit``) once, recording MARKER so that Ray's retry succeeds."""
@@ -156,6 +158,9 @@ class BatchSummary:
     """Wall time of the transcription pass alone (from its first row requested to its last row)."""
     detect_seconds: float = 0.0
     """Wall time of the detection pass (0 when skipped)."""
+    detected: int = 0
+    """Files whose route the detection pass computed (routes kept from an earlier run with the same options and
+    adapters are not detected again)."""
     routes: dict[str, int] = field(default_factory=dict)
     """Units per route (adapter reference or ``base``) in the transcription pass."""
     output: str = ""
@@ -723,6 +728,32 @@ def run_batch(
     return summary
 
 
+def _route_signature(topts, spec: EngineSpec) -> str:
+    """What a detected route depends on: the base, the routing options and the registry's active adapters."""
+    import hashlib
+
+    from .registry import Registry
+
+    active = sorted(r.ref for r in Registry(spec.registry).active()) if spec.registry else []
+    keys = ("adapter", "domain", "language", "languages", "threshold", "vad")
+    what = {"base": spec.base, "active": active, **{k: getattr(topts, k, None) for k in keys}}
+    return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _read_routes(path: Path, sig: str) -> dict[str, str]:
+    """Routes detected by earlier runs with the same signature (a torn line is ignored)."""
+    routes = {}
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(row, dict) and row.get("sig") == sig and row.get("route") != "unreadable":
+                routes[str(row["key"])] = str(row["route"])
+    return routes
+
+
 def _run(todo: list[Item], options: BatchOptions, spec: EngineSpec, topts, out: Path, summary: BatchSummary, echo):
     fault = os.environ.get(FAULT_ENV) or None
     static = _static_route(topts, spec.registry)
@@ -731,12 +762,23 @@ def _run(todo: list[Item], options: BatchOptions, spec: EngineSpec, topts, out: 
         routes = {it.key: static or "base" for it in todo}
     else:
         t = time.perf_counter()
+        sig = _route_signature(topts, spec)
+        cache = out / ROUTES_NAME
+        routes = {k: r for k, r in _read_routes(cache, sig).items() if k in {it.key for it in todo}}
+        need = [it for it in todo if it.key not in routes]
+        summary.detected = len(need)
         if echo:
-            echo(f"batch: detecting the route of {len(todo)} files (first 30 s each) to group them by adapter")
-        det_units = make_units(todo, {}, options.batch_size, head_seconds=30.0, check_silence=check_silence)
-        routes = {}
-        for row in _pipeline(det_units, spec, topts, options, "detect", None).iter_rows():
-            routes[str(row["key"])] = (str(row["route"]) or "base") if row["ok"] else "unreadable"
+            echo(
+                f"batch: detecting the route of {len(need)} files (first 30 s each) to group them by adapter"
+                + (f"; {len(routes)} known from an earlier run" if routes else "")
+            )
+        if need:
+            det_units = make_units(need, {}, options.batch_size, head_seconds=30.0, check_silence=check_silence)
+            with cache.open("a", encoding="utf-8") as f:
+                for row in _pipeline(det_units, spec, topts, options, "detect", None).iter_rows():
+                    r = (str(row["route"]) or "base") if row["ok"] else "unreadable"
+                    routes[str(row["key"])] = r
+                    f.write(json.dumps({"key": str(row["key"]), "route": r, "sig": sig}, ensure_ascii=False) + "\n")
         summary.detect_seconds = time.perf_counter() - t
     units = make_units(todo, routes, options.batch_size, check_silence=check_silence)
     for u in units:

@@ -157,7 +157,8 @@ def test_rows_equal_engine_transcribe_and_group_by_adapter(first_run, model_dir,
     adapters = [r.get("adapter") for r in rows if "error" not in r]
     assert {"pt@1", "ro@1"} <= set(adapters), adapters  # two routes really exercised
     # grouped: a detection pass ran, and every unit holds one route
-    assert summary.detect_seconds > 0 and set(summary.routes) == {"pt@1", "ro@1", "unreadable"}
+    assert summary.detect_seconds > 0 and summary.detected == len(files)
+    assert set(summary.routes) == {"pt@1", "ro@1", "unreadable"}
     assert summary.done == len(files) and summary.errors == len(BAD) and summary.skipped == 0
     assert summary.audio_seconds == pytest.approx(sum(r["duration"] for r in rows if "error" not in r))
     # progress lines on stderr: files, hours, throughput, errors
@@ -197,6 +198,24 @@ def test_partial_run_then_rerun_does_only_the_rest(ray_local, model_dir, registr
     assert s2.skipped == 4 and s2.done == N_GOOD - 4 + len(BAD)
     files = sorted(audio_dir.iterdir())
     assert rows2 == _expected(model_dir, registry, files, _topts())
+
+
+def test_routes_detected_once_across_runs(ray_local, model_dir, registry, audio_dir, tmp_path):
+    """A run that died after its detection pass: the rerun detects only what it had not (routes.jsonl), unless
+    the options or the adapters changed."""
+    out = tmp_path / "out"
+    s1, _, _ = _run([audio_dir / "clip[0-3].wav"], out, model_dir, registry)
+    assert s1.detected == 4 and (out / "routes.jsonl").is_file()
+    shutil.rmtree(out / "parts")  # as if no row had been written
+    (out / "transcripts.jsonl").unlink()
+    s2, rows2, _ = _run([audio_dir], out, model_dir, registry)
+    assert s2.skipped == 0 and s2.detected == N_GOOD - 4 + len(BAD) and s2.done == N_GOOD + len(BAD)
+    assert rows2 == _expected(model_dir, registry, sorted(audio_dir.iterdir()), _topts())
+    from lora_whisper.batch import _read_routes, _route_signature
+
+    sig = _route_signature(_topts(), _spec(model_dir, registry))
+    assert len(_read_routes(out / "routes.jsonl", sig)) == N_GOOD  # unreadable files are not remembered
+    assert _route_signature(_topts(threshold=0.3), _spec(model_dir, registry)) != sig
 
 
 def test_killed_worker_loses_nothing(ray_local, model_dir, registry, audio_dir, tmp_path, monkeypatch):
