@@ -7,7 +7,8 @@ The flow (``run_batch``):
 2. Items whose key already has a result row under ``--out`` are skipped (resume).
 3. When the route of a file depends on its audio (``--adapter auto``, no ``--language``, adapters in the
    registry), a detection pass runs first: decode tasks, then an actor pool in which each actor holds one Engine
-   and computes each file's route from the base's language probabilities on its first 30 s.
+   and computes each file's route from the base's language probabilities on its first 30 s (kept in
+   ``OUT/routes.jsonl``, so a rerun with the same options and adapters detects only what it had not).
 4. Items are sorted by route and cut into units of at most ``--batch-size`` files that never mix routes, so each
    call of a transcription actor works with one adapter.
 5. ``ray.data.from_items(units)`` -> decode tasks (``load_audio``: soundfile + soxr; a bad file becomes an error
