@@ -320,6 +320,10 @@ def evaluate_adapter(base: Base, examples: list[Example], recipe: Recipe, adapte
         batch_size=recipe.eval.batch_size,
         max_new_tokens=_max_new_tokens(recipe, base, examples),
     )
+    # Greedy at temperature 0 only: before and after are compared on the same deterministic decoding, and a base
+    # that loops on synthetic speech would otherwise be re-decoded at every fallback temperature (6x the cost).
+    if hasattr(opts, "temperature"):
+        opts.temperature = (0.0,)
     return evaluate(engine, examples, opts).overall
 
 
@@ -726,7 +730,7 @@ class _BestCheckpoint:
 
 def _cached_before(base: Base, examples: list[Example], recipe: Recipe, data_fp: str) -> Score:
     """The base's held-out score, remembered per (base, data, eval settings): a resumed run needn't redo it."""
-    key = f"{base.identity.fingerprint}|{base.quantize}|{data_fp}|{recipe.eval}"
+    key = f"{base.identity.fingerprint}|{base.quantize}|{data_fp}|{recipe.eval}|t0"
     if known := cache_get("before_scores.json", key):
         return Score(**known)
     score = evaluate_adapter(base, examples, recipe, None)
