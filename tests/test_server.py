@@ -326,19 +326,20 @@ def _wait(cond, what, timeout=60):
 
 def test_queue_full_503_and_micro_batches(engine, clips):
     gate = Gate(engine)
-    order = [clips[0], clips[1], clips[0]]
-    single = next(gate.inner([clips[0]], TranscribeOptions(adapter="fr@1", **FAST))).text
-    batched = [r.text for r in gate.inner(order, TranscribeOptions(adapter="fr@1", **FAST))]  # the same batch, unserved
+    order = [clips[0], AUDIO / "jfk_inaugural.wav", clips[0]]  # another file (duration) than the tone
+    single = next(gate.inner([clips[0]], TranscribeOptions(adapter="none", **FAST)))
+    batched = list(gate.inner(order, TranscribeOptions(adapter="none", **FAST)))  # the same batch, unserved
+    v = {"model": "base", "response_format": "verbose_json"}
     with running(engine, max_queue=3, max_batch=8, max_wait=0.0) as (url, app):
         sched = app.state.scheduler
         with ThreadPoolExecutor(8) as pool:
-            first = pool.submit(post, url, "/v1/audio/transcriptions", clips[0], {"model": "fr"})
+            first = pool.submit(post, url, "/v1/audio/transcriptions", clips[0], v)
             _wait(lambda: gate.sizes, "the first batch")  # running (blocked), queue empty
             queued = []
             for k, clip in enumerate(order):  # one at a time, so the queue order is known
-                queued.append(pool.submit(post, url, "/v1/audio/transcriptions", clip, {"model": "fr"}))
+                queued.append(pool.submit(post, url, "/v1/audio/transcriptions", clip, v))
                 _wait(lambda k=k: sched.depth == k + 1, f"{k + 1} queued requests")
-            r = post(url, "/v1/audio/transcriptions", clips[0], {"model": "fr"})
+            r = post(url, "/v1/audio/transcriptions", clips[0], v)
             err = _error(r, 503)
             assert int(r.headers["Retry-After"]) >= 1 and err["code"] == "queue_full"
             assert httpx.get(url + "/health").json()["queued"] == 3
@@ -348,10 +349,11 @@ def test_queue_full_503_and_micro_batches(engine, clips):
         # the three queued requests shared one engine call
         assert gate.sizes == [1, 3]
         # each request got its own row's result
-        assert [x.json()["text"] for x in results] == [single] + batched and batched[0] != batched[1]
+        got = [(x.json()["duration"], x.json()["text"]) for x in results]
+        assert got == [(r.duration, r.text) for r in [single, *batched]] and got[1][0] != got[2][0]
         m = httpx.get(url + "/metrics").text
         assert 'status="503"' in m and "lora_whisper_batch_size_count 2.0" in m
-        assert "lora_whisper_adapter_loads_total 0.0" in m  # fr was loaded before the server started
+        assert "lora_whisper_adapter_loads_total 0.0" in m
 
 
 def test_requests_with_other_options_are_not_batched_together(engine, clips):
