@@ -2,6 +2,7 @@
 
     python benchmarks/bench_serve.py [--clients 8] [--requests 400] [--clips DIR] [--adapters fr,de,es]
                                      [--registry DIR] [--base offline|PATH] [--quantize int8|none] [--threads 2]
+                                     [--rounds 2] [--modes sequential,cli-batch,serve-off,serve-on]
 
 Requests cycle through the real clips of ``--clips`` (default tests/data/audio; any folder of audio files, e.g. a
 Common Voice sample via ``$LORA_WHISPER_BENCH_CLIPS``), ``model=auto``, sent by ``--clients`` concurrent clients
@@ -78,7 +79,7 @@ def percentile(xs: list[float], q: float) -> float:
     return float(np.percentile(xs, q)) if xs else float("nan")
 
 
-def load_test(url: str, payloads: list[tuple[str, bytes, float]], n: int, clients: int) -> dict:
+def load_test(url: str, payloads: list[tuple[str, bytes, float]], start: int, n: int, clients: int) -> dict:
     import httpx2 as httpx
 
     lat, failures, audio_s = [], [], 0.0
@@ -109,7 +110,7 @@ def load_test(url: str, payloads: list[tuple[str, bytes, float]], n: int, client
 
     t0 = time.perf_counter()
     with ThreadPoolExecutor(clients) as pool:
-        list(pool.map(one, range(n)))
+        list(pool.map(one, range(start, start + n)))
     wall = time.perf_counter() - t0
     return {"wall": wall, "lat": lat, "failures": failures, "audio_s": audio_s}
 
@@ -130,6 +131,7 @@ def main() -> None:
     ap.add_argument("--max-wait-ms", type=int, default=50)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--modes", default="sequential,cli-batch,serve-off,serve-on")
+    ap.add_argument("--rounds", type=int, default=2, help="interleave the modes in this many rounds")
     ap.add_argument("--json", default=None, help="also write the results to this file")
     args = ap.parse_args()
 
@@ -171,16 +173,22 @@ def main() -> None:
         f"adapters: {[r.ref for r in registry.active()]}"
     )
     print(f"RSS at start {rss0:.0f} MB, with the base loaded {rss_mb():.0f} MB")
-    rows = []
+    names = {
+        "sequential": "sequential (engine, 1 file/call)",
+        "cli-batch": "cli-batch (engine, all files/call)",
+        "serve-off": "serve, batching off (max-batch 1)",
+        "serve-on": f"serve, batching on (max-batch {args.max_batch})",
+    }
+    bad = [m for m in modes if m not in names]
+    if bad:
+        raise SystemExit(f"unknown mode(s) {bad}: choose from {list(names)}")
+    acc = {m: dict(mode=names[m], requests=0, failed=0, wall=0.0, audio_s=0.0, lat=[], batches=0) for m in modes}
 
-    def engine_mode(name: str, one_by_one: bool) -> None:
-        items = [arrays[k % len(arrays)] for k in range(n)]
-        secs = [payloads[k % len(payloads)][2] for k in range(n)]
-        for x in items[:warm]:
-            list(engine.transcribe([x], TranscribeOptions()))
-        r_warm = rss_mb()
+    def engine_run(m: str, start: int, count: int) -> None:
+        idx = range(start, start + count)
+        items = [arrays[k % len(arrays)] for k in idx]
         t0, lat = time.perf_counter(), []
-        if one_by_one:
+        if m == "sequential":
             for x in items:
                 t = time.perf_counter()
                 res = list(engine.transcribe([x], TranscribeOptions()))
@@ -188,23 +196,16 @@ def main() -> None:
                 assert len(res) == 1 and hasattr(res[0], "text"), res
         else:
             res = list(engine.transcribe(items, TranscribeOptions()))
-            assert len(res) == n and all(hasattr(r, "text") for r in res)
-        wall = time.perf_counter() - t0
-        rows.append(
-            dict(
-                mode=name,
-                requests=n,
-                failed=0,
-                wall=wall,
-                audio_s=sum(secs),
-                lat=lat,
-                rss_warm=r_warm,
-                rss_end=rss_mb(),
-                batches=None,
-            )
-        )
+            assert len(res) == count and all(hasattr(r, "text") for r in res), res
+        r = acc[m]
+        r["wall"] += time.perf_counter() - t0
+        r["audio_s"] += sum(payloads[k % len(payloads)][2] for k in idx)
+        r["lat"] += lat
+        r["requests"] += count
+        r["batches"] = None
 
-    def serve_mode(name: str, max_batch: int) -> None:
+    def serve_run(m: str, start: int, count: int) -> None:
+        max_batch = 1 if m == "serve-off" else args.max_batch
         opts = ServeOptions(
             port=0, max_batch=max_batch, max_wait=args.max_wait_ms / 1000, max_queue=max(64, 4 * n), access_log=False
         )
@@ -215,73 +216,69 @@ def main() -> None:
         th.start()
         while not server.started:
             time.sleep(0.05)
-        url = f"http://127.0.0.1:{sock.getsockname()[1]}"
         try:
-            w = load_test(url, payloads, warm, args.clients) if warm else {"failures": []}
-            r_warm = rss_mb()
             b0 = app.state.scheduler.batches
-            res = load_test(url, payloads, n, args.clients)
+            res = load_test(f"http://127.0.0.1:{sock.getsockname()[1]}", payloads, start, count, args.clients)
             batches = app.state.scheduler.batches - b0
         finally:
             server.should_exit = True
             th.join(120)
             sock.close()
-        failed = len(res["failures"]) + len(w["failures"])
-        for why in (w["failures"] + res["failures"])[:5]:
+        for why in res["failures"][:5]:
             print(f"  failure: {why}")
-        rows.append(
-            dict(
-                mode=name,
-                requests=n,
-                failed=failed,
-                wall=res["wall"],
-                audio_s=res["audio_s"],
-                lat=res["lat"],
-                rss_warm=r_warm,
-                rss_end=rss_mb(),
-                batches=batches,
-            )
-        )
+        r = acc[m]
+        r["wall"] += res["wall"]
+        r["audio_s"] += res["audio_s"]
+        r["lat"] += res["lat"]
+        r["requests"] += count
+        r["failed"] += len(res["failures"])
+        r["batches"] += batches
 
+    def run(m: str, start: int, count: int) -> None:
+        (engine_run if m in ("sequential", "cli-batch") else serve_run)(m, start, count)
+
+    # warm-up every mode (adapters loaded, allocator grown), then rounds that interleave the modes, so a change in
+    # the machine's load (2 shared cores) hits every mode alike
     for m in modes:
-        if m == "sequential":
-            engine_mode("sequential (engine, 1 file/call)", True)
-        elif m == "cli-batch":
-            engine_mode("cli-batch (engine, all files/call)", False)
-        elif m == "serve-off":
-            serve_mode("serve, batching off (max-batch 1)", 1)
-        elif m == "serve-on":
-            serve_mode(f"serve, batching on (max-batch {args.max_batch})", args.max_batch)
-        else:
-            raise SystemExit(f"unknown mode {m!r}: choose from sequential, cli-batch, serve-off, serve-on")
-        r = rows[-1]
-        print(f"  done {r['mode']}: {r['wall']:.1f} s", flush=True)
+        run(m, 0, warm)
+    for r in acc.values():
+        r.update(requests=0, failed=0, wall=0.0, audio_s=0.0, lat=[], batches=0)
+    rss_warm = rss_mb()
+    per = [n // args.rounds + (1 if k < n % args.rounds else 0) for k in range(args.rounds)]
+    start = 0
+    for k, count in enumerate(per):
+        for m in modes:
+            run(m, start, count)
+            print(f"  round {k + 1}/{args.rounds} {names[m]}: {acc[m]['wall']:.1f} s so far", flush=True)
+        start += count
+    rss_end = rss_mb()
 
-    ref = next((r for r in rows if r["mode"].startswith("sequential")), rows[0])
+    ref = acc.get("sequential") or next(iter(acc.values()))
     ref_tp = ref["audio_s"] / ref["wall"]
-    head = "| mode | requests | failed | wall s | audio s/s | vs sequential | p50 s | p95 s | p99 s | engine calls | RSS warm MB | RSS end MB | growth |"
+    head = "| mode | requests | failed | wall s | audio s/s | vs sequential | p50 s | p95 s | p99 s | engine calls |"
     print()
     print(head)
     print("|" + "---|" * (head.count("|") - 1))
     out = []
-    for r in rows:
+    for r in acc.values():
         tp = r["audio_s"] / r["wall"]
-        growth = (r["rss_end"] - r["rss_warm"]) / r["rss_warm"]
         p = [percentile(r["lat"], q) for q in (50, 95, 99)]
+        lat = " | ".join(f"{x:.2f}" if r["lat"] else "-" for x in p)
+        calls = r["batches"] if r["batches"] is not None else "-"
         print(
-            f"| {r['mode']} | {r['requests']} | {r['failed']} | {r['wall']:.1f} | {tp:.2f} | {tp / ref_tp:.2f}x | "
-            + " | ".join(f"{x:.2f}" if r["lat"] else "-" for x in p)
-            + f" | {r['batches'] if r['batches'] is not None else '-'} | {r['rss_warm']:.0f} | {r['rss_end']:.0f} | "
-            f"{growth:+.1%} |"
+            f"| {r['mode']} | {r['requests']} | {r['failed']} | {r['wall']:.1f} | {tp:.2f} | {tp / ref_tp:.2f}x | {lat} | {calls} |"
         )
         out.append(
-            {k: v for k, v in r.items() if k != "lat"}
-            | {"throughput": tp, "p50": p[0], "p95": p[1], "p99": p[2], "rss_growth": growth}
+            {k: v for k, v in r.items() if k != "lat"} | {"throughput": tp, "p50": p[0], "p95": p[1], "p99": p[2]}
         )
-    print(f"\nRSS at start {rss0:.0f} MB, at the end {rss_mb():.0f} MB")
+    growth = (rss_end - rss_warm) / rss_warm
+    print(
+        f"\nRSS: start {rss0:.0f} MB, after warm-up {rss_warm:.0f} MB, end {rss_end:.0f} MB "
+        f"(growth after warm-up {growth:+.1%})"
+    )
     if args.json:
-        Path(args.json).write_text(json.dumps(out, indent=2))
-    failed = sum(r["failed"] for r in rows)
+        Path(args.json).write_text(json.dumps({"modes": out, "rss": [rss0, rss_warm, rss_end]}, indent=2))
+    failed = sum(r["failed"] for r in acc.values())
     assert failed == 0, f"{failed} failed requests"
     tmp.cleanup()
 
