@@ -214,6 +214,8 @@ class Decoder:
             ctx = self.base.model.config.max_target_positions
             kw["max_new_tokens"] = min(options.max_new_tokens, ctx - ctx // 2 - 4)
         if options.word_timestamps:
+            if not getattr(self.base.model.generation_config, "alignment_heads", None):
+                raise ValueError("word timestamps need the base's alignment heads (generation_config.alignment_heads)")
             kw["return_token_timestamps"] = True
         if self.multilingual:
             kw["task"] = options.task
@@ -403,13 +405,14 @@ class _EncoderCache:
     def prime(self, features, encoded):
         from transformers.modeling_outputs import BaseModelOutput
 
-        self.items = [(features, BaseModelOutput(last_hidden_state=encoded))]
+        self.items = [(features.clone(), BaseModelOutput(last_hidden_state=encoded))]
 
     def find(self, x):
         import torch
 
+        # by value, against a copy: transformers may refill the same tensor with the next window's features
         for f, out in self.items:
-            if f is x or (f.shape == x.shape and f.dtype == x.dtype and torch.equal(f, x)):
+            if f.shape == x.shape and f.dtype == x.dtype and torch.equal(f, x):
                 return out
         return None
 
@@ -435,7 +438,7 @@ def _install_encoder_cache(model) -> _EncoderCache:
             if hit is not None:
                 return hit
             out = orig(input_features, **kwargs)
-            cache.items = [*cache.items[-1:], (input_features, out)]
+            cache.items = [*cache.items[-1:], (input_features.clone(), out)]
             return out
         return orig(input_features, *args, **kwargs)
 

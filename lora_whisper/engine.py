@@ -477,9 +477,12 @@ class Engine:
 
     def _segments(self, u: _Unit, raw: list[dict], merged: bool) -> list[Segment]:
         segs = []
+        length = len(u.piece.audio) / SAMPLE_RATE
         for r in raw:
             if not r["text"]:
                 continue
+            # the model's closing timestamp can point past the audio's end: cues stay inside the file
+            r = {**r, "start": min(r["start"], length), "end": min(r["end"], length)}
             words = None
             if r["words"] is not None:
                 words = [

@@ -49,6 +49,7 @@ def tiny_model_dir(tmp_path_factory, cache_dir) -> Path:
     processor = build_processor(src / "tokenizer.json")
     ct2_cfg = json.loads((src / "config.json").read_text())
     gen = build_generation_config(processor.tokenizer, ct2_cfg, max_length=64)
+    gen.alignment_heads = [[1, 0], [1, 3]]  # whisper-base's heads name layers the 2-layer decoder does not have
     torch.manual_seed(0)
     config = WhisperConfig(
         vocab_size=len(processor.tokenizer),
