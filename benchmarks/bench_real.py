@@ -203,10 +203,51 @@ def main() -> None:
     ap.add_argument("--domain", default="medical", help="--domain for the routing section ('' for none)")
     ap.add_argument("--synthetic-per-set", type=int, default=40)
     ap.add_argument("--save-probs", default=None, help="write the measured probabilities here (JSON)")
+    ap.add_argument(
+        "--from-probs",
+        default=None,
+        help="routing tables from saved probabilities (no model): e.g. tests/data/routing_probs.json",
+    )
     ap.add_argument("--quantize", default="none")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     sections = set(args.sections.split(","))
+
+    if args.from_probs:
+        from lora_whisper.registry import AdapterRecord
+
+        data = json.loads(Path(args.from_probs).read_text())
+        recs = [
+            AdapterRecord(
+                a["ref"].split("@")[0],
+                int(a["ref"].split("@")[1]),
+                a["language"],
+                {"hub_id": "-"},
+                domain=a["domain"],
+                metrics={"train_kind": a["train_kind"]},
+                lora={"scope": a["scope"]},
+                active=True,
+            )
+            for a in data["adapters"]
+        ]
+        clips = [
+            Clip(
+                c["id"],
+                c["kind"],
+                c["language"],
+                "",
+                None,
+                c["base_probs"],
+                c["own_prob"],
+                c["adapter_prob_of_base_top"],
+            )
+            for c in data["clips"]
+        ]
+        domains = [d for d in args.domain.split(",") if d]
+        routing_section(clips, recs, domains)
+        if domains:
+            routing_section(clips, recs, [])
+        return
 
     import torch
 

@@ -1,5 +1,10 @@
+import json
+from pathlib import Path
+
+import pytest
+
 from lora_whisper.registry import AdapterRecord
-from lora_whisper.routing import RouteRequest, route
+from lora_whisper.routing import MIN_BASE_PROB, RouteRequest, accept_claim, route, should_consult
 
 B = {"hub_id": "openai/whisper-base", "fingerprint": "x"}
 RECORDS = [
@@ -30,3 +35,104 @@ def test_threshold_forced_language_and_adapter():
     assert (r.language, r.adapter, r.probability) == ("fr", "fr-medical@1", 0.3)
     assert route({"fr": 0.9}, RECORDS, RouteRequest(adapter="none")).adapter is None
     assert route({"fr": 0.9}, RECORDS, RouteRequest(adapter="missing")).adapter == "missing"
+
+
+# ---- the adapter-consulted gate, on probabilities measured on real and synthetic clips ----------------------------
+# tests/data/routing_probs.json is written by `python benchmarks/bench_real.py --sections routing --save-probs ...`:
+# for each clip, the base's language probabilities and each adapter's probability of its own language (adapter active).
+
+PROBS = Path(__file__).parent / "data" / "routing_probs.json"
+REGRESSION_CLIP = "cv-dev/common_voice_en_37190595.opus"
+"""Real English (Common Voice dev) the base got right at 0.47; the old gate sent it to fr-medical (own prob 0.996)."""
+RESCUED_AT_LEAST = 16
+"""Synthetic French clips the base misdetects that the new gate still gives to fr-medical (measured: 16 of 33)."""
+
+
+def _measured():
+    data = json.loads(PROBS.read_text())
+    recs = [
+        AdapterRecord(
+            a["ref"].split("@")[0],
+            int(a["ref"].split("@")[1]),
+            a["language"],
+            B,
+            domain=a["domain"],
+            metrics={"train_kind": a["train_kind"]},
+            lora={"scope": a["scope"]},
+            active=True,
+        )
+        for a in data["adapters"]
+    ]
+    return recs, data["clips"]
+
+
+def _old_accept(base_probs, rec, own):
+    return own >= 0.5
+
+
+def _claims(clip, recs, accept):
+    """Adapters whose claim on this clip is accepted (when the base is unsure enough to consult)."""
+    if not should_consult(clip["base_probs"], 0.8):
+        return []
+    return [r for r in recs if accept(clip["base_probs"], r, clip["own_prob"].get(r.ref, 0.0))]
+
+
+def test_today_behaviour_is_the_starting_point():
+    rec = AdapterRecord("fr-medical", 1, "fr", B, domain="medical", metrics={"train_kind": "synthetic"}, active=True)
+    assert should_consult({"fr": 0.5, "es": 0.3}, 0.8) and not should_consult({"fr": 0.85}, 0.8)
+    assert not should_consult({"fr": 0.5}, 0.0) and not should_consult({}, 0.8)
+    assert accept_claim({"fr": 0.3, "ja": 0.5}, rec, 0.9)
+    assert not accept_claim({"fr": 0.3, "ja": 0.5}, rec, 0.4)
+
+
+def test_claims_need_a_synthetic_routable_adapter_and_a_plausible_language():
+    synth = AdapterRecord("fr-medical", 1, "fr", B, domain="medical", metrics={"train_kind": "synthetic"}, active=True)
+    real = AdapterRecord("fr", 1, "fr", B, metrics={"train_kind": "real"}, active=True)
+    legacy = AdapterRecord("fr-old", 1, "fr", B, recipe={"data": {"source": "synthetic"}}, active=True)
+    held = AdapterRecord("fr-bad", 1, "fr", B, metrics={"train_kind": "synthetic"}, active=True, inactive_reason="x")
+    probs = {"es": 0.6, "fr": 0.25, "pt": 0.15}
+    assert accept_claim(probs, synth, 0.9) and accept_claim(probs, legacy, 0.9)
+    assert not accept_claim(probs, real, 0.99)  # real-speech adapters never override the base's detection
+    assert not accept_claim(probs, held, 0.99)  # held back: only --adapter forces it
+    assert not accept_claim({"es": 0.97, "fr": MIN_BASE_PROB / 2}, synth, 0.99)  # the base finds fr implausible
+    assert not accept_claim({"ja": 0.5, "fr": 0.45}, synth, 0.44)  # the adapter is less sure than the base
+
+
+@pytest.mark.skipif(not PROBS.is_file(), reason="no measured probabilities")
+def test_real_speech_is_never_moved_to_another_languages_adapter():
+    recs, clips = _measured()
+    real = [c for c in clips if c["kind"] == "real"]
+    assert len(real) >= 20
+    moved_old = [(c["id"], r.ref) for c in real for r in _claims(c, recs, _old_accept) if r.language != c["language"]]
+    moved_new = [(c["id"], r.ref) for c in real for r in _claims(c, recs, accept_claim) if r.language != c["language"]]
+    assert moved_old, "the measured set holds real clips the old gate misrouted (the regression this guards)"
+    assert moved_new == []
+    # and language right at least as often as the base alone
+    for c in real:
+        base_lang = max(c["base_probs"], key=c["base_probs"].get)
+        claims = _claims(c, recs, accept_claim)
+        decided = max(claims, key=lambda r: c["own_prob"][r.ref]).language if claims else base_lang
+        assert decided == base_lang or decided == c["language"], c["id"]
+
+
+@pytest.mark.skipif(not PROBS.is_file(), reason="no measured probabilities")
+def test_a_real_clip_the_old_gate_misrouted_stays_on_the_base():
+    from lora_whisper.routing import RouteRequest, route
+
+    recs, clips = _measured()
+    by_id = {c["id"]: c for c in clips}
+    clip = by_id[REGRESSION_CLIP]
+    assert clip["kind"] == "real"
+    wrong = [r for r in _claims(clip, recs, _old_accept) if r.language != clip["language"]]
+    assert wrong  # the old gate sent it to another language's adapter
+    assert _claims(clip, recs, accept_claim) == []
+    assert route(clip["base_probs"], recs, RouteRequest(domain="medical")).language == clip["language"]
+
+
+@pytest.mark.skipif(not PROBS.is_file(), reason="no measured probabilities")
+def test_synthetic_speech_the_base_misdetects_is_still_claimed():
+    recs, clips = _measured()
+    synth = [c for c in clips if c["kind"].startswith("synthetic")]
+    missed = [c for c in synth if max(c["base_probs"], key=c["base_probs"].get) != c["language"]]
+    rescued = [c for c in missed if any(r.language == c["language"] for r in _claims(c, recs, accept_claim))]
+    assert missed and len(rescued) >= RESCUED_AT_LEAST, (len(missed), len(rescued))
