@@ -252,12 +252,16 @@ def main() -> None:
         r.update(requests=0, failed=0, wall=0.0, audio_s=0.0, lat=[], batches=0)
     rss_warm = rss_mb()
     per = [n // args.rounds + (1 if k < n % args.rounds else 0) for k in range(args.rounds)]
-    start = 0
+    start, rss_rounds = 0, []
     for k, count in enumerate(per):
         for m in modes:
             run(m, start, count)
-            print(f"  round {k + 1}/{args.rounds} {names[m]}: {acc[m]['wall']:.1f} s so far", flush=True)
+            print(
+                f"  round {k + 1}/{args.rounds} {names[m]}: {acc[m]['wall']:.1f} s so far, RSS {rss_mb():.0f} MB",
+                flush=True,
+            )
         start += count
+        rss_rounds.append(rss_mb())
     rss_end = rss_mb()
 
     ref = acc.get("sequential") or next(iter(acc.values()))
@@ -280,11 +284,16 @@ def main() -> None:
         )
     growth = (rss_end - rss_warm) / rss_warm
     print(
-        f"\nRSS: start {rss0:.0f} MB, after warm-up {rss_warm:.0f} MB, end {rss_end:.0f} MB "
-        f"(growth after warm-up {growth:+.1%})"
+        f"\nRSS: start {rss0:.0f} MB, after the small warm-up {rss_warm:.0f} MB, end {rss_end:.0f} MB "
+        f"({growth:+.1%}); after each round {[round(x) for x in rss_rounds]} MB"
     )
+    if len(rss_rounds) > 1:
+        # round 1 runs every mode at full size (batches of --max-batch, the whole list for cli-batch): the memory
+        # high-water mark is reached there; growth after it is what would be a leak
+        leak = (rss_rounds[-1] - rss_rounds[0]) / rss_rounds[0]
+        print(f"RSS growth from the end of round 1 to the end: {leak:+.1%}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"modes": out, "rss": [rss0, rss_warm, rss_end]}, indent=2))
+        Path(args.json).write_text(json.dumps({"modes": out, "rss": [rss0, rss_warm, rss_end, rss_rounds]}, indent=2))
     failed = sum(r["failed"] for r in acc.values())
     assert failed == 0, f"{failed} failed requests"
     tmp.cleanup()
