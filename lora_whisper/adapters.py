@@ -70,14 +70,15 @@ class AdapterPool:
         self.resident[key] = record
         self.stats["loads"] += 1
         logger.debug("loaded adapter %s in %.0f ms", record.ref, 1000 * (time.perf_counter() - t))
-        self._evict()
+        self._evict(keep=key)
         return key
 
-    def _evict(self) -> None:
+    def _evict(self, keep: str | None = None) -> None:
+        """Drop least recently used adapters beyond the cache size: never a pinned one, nor ``keep`` (just loaded)."""
         for old in list(self.resident):
             if len(self.resident) <= self.cache_size:
                 return
-            if self.in_use.get(old):
+            if self.in_use.get(old) or old == keep:
                 continue
             del self.resident[old]
             self.peft.delete_adapter(old)
@@ -114,18 +115,19 @@ class AdapterPool:
         """Try failed references again on the next request (the registry may have changed)."""
         self._failed.clear()
 
-    def key_for(self, ref: str | None, combine: str | None = None) -> str | None:
+    def key_for(self, ref: str | None, combine: str | None = None, weights=(1.0, 1.0)) -> str | None:
+        """The peft adapter name of a reference; a combination's name holds its method and weights."""
         if ref is None:
             return None
         if "+" in ref:
-            return adapter_key(ref) + f"-{combine}"
+            return adapter_key(ref) + f"-{combine}-" + "-".join(adapter_key(f"{float(w):g}") for w in weights)
         return adapter_key(ref)
 
     def ensure(self, ref: str | None, combine: str | None = None, weights=(1.0, 1.0)) -> str | None:
         """The resident key of ``ref`` (a reference or ``a+b`` combination), loading it again if it was evicted."""
         if ref is None:
             return None
-        key = self.key_for(ref, combine)
+        key = self.key_for(ref, combine, weights)
         if key in self.resident:
             self.resident.move_to_end(key)
             return key
@@ -169,7 +171,7 @@ class AdapterPool:
     # ---- combinations and merges -------------------------------------------------------------------------------
     def combined(self, refs: list[str], combine: str, weights=(1.0, 1.0)) -> AdapterRecord:
         """A derived adapter combining resident ones (peft add_weighted_adapter), cached like any other."""
-        key = self.key_for("+".join(refs), combine)
+        key = self.key_for("+".join(refs), combine, weights)
         if key in self.resident:
             self.resident.move_to_end(key)
             return self.resident[key]
@@ -194,7 +196,7 @@ class AdapterPool:
             },
         )
         self.resident[key] = derived
-        self._evict()
+        self._evict(keep=key)
         return derived
 
     def merged(self, key: str):

@@ -11,6 +11,7 @@ Whisper's long-form algorithm, one file at a time.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields
@@ -433,8 +434,12 @@ class Engine:
         dec = options.decode_options()
         out: dict[int, list[Segment]] = {}
         refs = list(dict.fromkeys(u.route.adapter for u in units))
-        keys = {ref: self.pool.ensure(ref, options.combine, options.combine_weights) for ref in refs}
-        with self.pool.using(list(keys.values())):
+        keys: dict = {}
+        with contextlib.ExitStack() as pins:
+            # each adapter is pinned as soon as it is resident, so loading the next cannot evict it
+            for ref in refs:
+                keys[ref] = self.pool.ensure(ref, options.combine, options.combine_weights)
+                pins.enter_context(self.pool.using([keys[ref]]))
             if options.batching == "mixed" and not options.merge and len(refs) > 1:
                 for batch in _groups(list(enumerate(units)), options.batch_size):
                     names = [keys[u.route.adapter] or "__base__" for _, u in batch]

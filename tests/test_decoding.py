@@ -28,7 +28,8 @@ def test_compression_ratio_flags_repetition():
 
 
 def test_long_input_is_decoded_in_blocks_with_times_inside(tiny_base, monkeypatch):
-    from lora_whisper import decoding, engine as eng
+    from lora_whisper import decoding
+    from lora_whisper import engine as eng
 
     monkeypatch.setattr(eng, "BLOCK_SECONDS", 40.0)
     monkeypatch.setattr(decoding, "BLOCK_SECONDS", 40.0)

@@ -59,6 +59,9 @@ def test_grouped_mixed_and_single_agree(fp32_base, reg, wavs):
     from lora_whisper import engine as eng
 
     mixed, grouped = [], []
+    rows_calls = []
+    orig_rows = engine.pool.rows
+    engine.pool.rows = lambda names: rows_calls.append(list(names)) or orig_rows(names)
     for batching, out in (("mixed", mixed), ("grouped", grouped)):
         refs = iter(["fr@1", "de@1", None, "fr-medical@1", "fr@1", "de@1"])
         orig = eng.route
@@ -73,7 +76,10 @@ def test_grouped_mixed_and_single_agree(fp32_base, reg, wavs):
             out += [r.text for r in _texts(engine, files, language="fr", batching=batching, batch_size=6)]
         finally:
             eng.route = orig
+    # the mixed path ran once, one batch holding rows of three adapters and the base
+    assert rows_calls == [["fr@1", "de@1", "__base__", "fr-medical@1", "fr@1", "de@1"]]
     assert mixed == grouped == singles
+    assert len(set(singles)) >= 3  # the adapters really differ, so a wrong row assignment would show
 
 
 def test_merge_fp32_identical_int8_reported(fp32_base, tiny_model_dir, reg, wavs):
@@ -88,6 +94,9 @@ def test_merge_fp32_identical_int8_reported(fp32_base, tiny_model_dir, reg, wavs
     int8 = Engine(load_base(str(tiny_model_dir), quantize="int8", device="cpu"), reg)
     m8 = _texts(int8, files, language="fr", domain="medical", merge=True)
     assert all(r.merged and r.adapter == "fr-medical@1" for r in m8)
+    # the 8-bit base merges into a float32 copy: its text is the float32 base's with the adapter, not the int8's
+    assert [r.text for r in m8] == [r.text for r in unmerged]
+    assert [r.text for r in _texts(int8, files, language="fr", adapter="none")] != [r.text for r in m8]
 
 
 def test_combined_adapter_is_derived_and_cached(fp32_base, reg, wavs):
@@ -99,6 +108,46 @@ def test_combined_adapter_is_derived_and_cached(fp32_base, reg, wavs):
     assert list(engine.resident) == keys  # cached, not rebuilt
     lin = _texts(engine, [wavs["good"]], language="fr", domain="medical", combine="linear", combine_weights=(0.5, 0.5))
     assert lin[0].adapter == "fr@1+fr-medical@1"
+    # each weighting is its own derived adapter (the cache key holds the weights), and each really changes the model
+    import torch
+
+    from lora_whisper.audio import load_audio
+
+    f = engine.features([load_audio(wavs["good"])])
+    dec = torch.tensor([[50258, 50265, 50359]])
+
+    def logits(key):
+        with torch.inference_mode(), engine.pool.active(key):
+            return engine.pool.peft(input_features=f, decoder_input_ids=dec).logits
+
+    files = [wavs["good"], wavs["good2"]]
+    lang_only = _texts(engine, files, language="fr")
+    dom_only = _texts(engine, files, language="fr", domain="medical")
+    assert [r.text for r in lang_only] != [r.text for r in dom_only]
+    keys = []
+    for w in ((1.0, 0.0), (0.0, 1.0)):
+        (r,) = _texts(engine, [wavs["good"]], language="fr", domain="medical", combine="linear", combine_weights=w)
+        keys.append(engine.pool.key_for(r.adapter, "linear", w))
+        assert keys[-1] in engine.resident
+    assert not torch.allclose(logits(keys[0]), logits(keys[1]), atol=1e-3)
+    assert not torch.allclose(logits(keys[0]), logits(None), atol=1e-3)
+    # cat of both is neither adapter alone
+    assert res[0].text not in (lang_only[0].text, dom_only[0].text)
+
+
+def test_more_adapters_in_one_run_than_the_cache_holds(fp32_base, reg, wavs, monkeypatch):
+    from lora_whisper import engine as eng
+    from lora_whisper.routing import Route
+
+    files = [wavs["good"], wavs["good2"], wavs["mp3"]]
+    refs = ["fr@1", "fr-medical@1", "de@1"]
+    singles = [_texts(Engine(fp32_base, reg), [f], adapter=r, language="fr")[0].text for f, r in zip(files, refs)]
+    it = iter(refs)
+    monkeypatch.setattr(eng, "route", lambda probs, records, request: Route("fr", None, next(it), "test"))
+    engine = Engine(fp32_base, reg, cache_size=1)
+    res = _texts(engine, files, language="fr", batch_size=3)
+    assert [r.adapter for r in res] == refs and [r.text for r in res] == singles
+    assert len(engine.resident) == 1  # back to its size once the batch no longer pins them
 
 
 def test_lru_cache_size(fp32_base, reg, wavs):

@@ -5,7 +5,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import AUDIO
 
 pytestmark = pytest.mark.integration
