@@ -502,12 +502,8 @@ def train(ctx, language, domain, recipe_path, overrides, resume, no_progress):
     else:
         click.echo(f"WER       {a.wer:.3f}   CER {a.cer:.3f}")
     click.echo(f"measured  on {result.record.figures} ({result.record.metrics.get('held_out')} clips)")
-    if result.record.inactive_reason:
-        click.echo(
-            f"warning: {result.record.ref} filed INACTIVE: {result.record.inactive_reason}; routing will not pick it "
-            f"(--adapter {result.record.name} forces it)",
-            err=True,
-        )
+    if result.record.inactive_reason:  # the library has logged the warning; the summary says it once more, on stdout
+        click.echo(f"routing   INACTIVE ({result.record.inactive_reason}); --adapter {result.record.name} forces it")
 
 
 @main.command("export")
