@@ -63,12 +63,24 @@ def test_stream_yields_segments_then_result(tiny_base, wavs):
 
 
 def test_segment_fields_in_json(tiny_base, wavs):
-    (r,) = Engine(tiny_base).transcribe([wavs["good"]], TranscribeOptions(language="fr", word_timestamps=True, **GREEDY))
+    (r,) = Engine(tiny_base).transcribe(
+        [wavs["good"]], TranscribeOptions(language="fr", word_timestamps=True, **GREEDY)
+    )
     d = json.loads(render(r, "json"))
     assert d["segments"], d
     seg = d["segments"][0]
-    for k in ("start", "end", "text", "words", "avg_logprob", "compression_ratio", "no_speech_prob", "temperature",
-              "language", "adapter"):
+    for k in (
+        "start",
+        "end",
+        "text",
+        "words",
+        "avg_logprob",
+        "compression_ratio",
+        "no_speech_prob",
+        "temperature",
+        "language",
+        "adapter",
+    ):
         assert k in seg, k
     assert seg["language"] == "fr" and seg["temperature"] == 0.0 and seg["avg_logprob"] <= 0
     assert all(seg["start"] <= w["start"] <= w["end"] <= seg["end"] + 1e-6 for w in seg["words"])
@@ -129,3 +141,23 @@ def test_language_names_are_accepted(tmp_path, monkeypatch):
     from lora_whisper.cli import _normalize_language
 
     assert _normalize_language("French") == "fr" and _normalize_language("de") == "de"
+
+
+def test_adapter_active_during_long_form_keeps_segments(tiny_base, tmp_path, tiny_adapter_factory):
+    from conftest import file_adapter
+
+    from lora_whisper.registry import Registry
+
+    reg = Registry(tmp_path / "adapters")
+    file_adapter(
+        reg, tiny_adapter_factory("encoder+decoder", 7), "fr", "fr", fingerprint=tiny_adapter_factory.fingerprint
+    )
+    rng = np.random.default_rng(2)
+    audio = (0.1 * rng.standard_normal(16000 * 70)).astype(np.float32)
+    e = Engine(tiny_base, reg)
+    opts = TranscribeOptions(language="fr", **GREEDY)
+    (res,) = e.transcribe([("long", audio)], opts)
+    (base,) = e.transcribe([("long", audio)], TranscribeOptions(language="fr", adapter="none", **GREEDY))
+    assert res.adapter == "fr@1" and res.segments and all(s.adapter == "fr@1" for s in res.segments)
+    assert all(0 <= s.start <= s.end <= 70.0 for s in res.segments)
+    assert res.text != base.text  # the adapter really decoded the long file
