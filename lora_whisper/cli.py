@@ -517,7 +517,14 @@ def export_cmd(ctx, ref, out_dir, ct2, ct2_quantization):
     from .export import export_merged
 
     paths = _registry_call(
-        export_merged, _registry(ctx), ref, out_dir, base=ctx.obj["base"], ct2=ct2, ct2_quantization=ct2_quantization
+        export_merged,
+        _registry(ctx),
+        ref,
+        out_dir,
+        base=ctx.obj["base"],
+        ct2=ct2,
+        ct2_quantization=ct2_quantization,
+        device=ctx.obj["device"] or "cpu",
     )
     for p in paths:
         click.echo(str(p))

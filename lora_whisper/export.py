@@ -18,6 +18,7 @@ def export_merged(
     base: str = "offline",
     ct2: bool = False,
     ct2_quantization: str = "int8",
+    device: str | None = "cpu",
 ) -> list[Path]:
     """Merge adapter ``ref`` into a float32 copy of its base and save it (plus a CTranslate2 copy with ``ct2``).
 
@@ -29,7 +30,7 @@ def export_merged(
     from .base import load_base
 
     rec = registry.get(ref)
-    b = load_base(base, quantize="none", device="cpu")
+    b = load_base(base, quantize="none", device=device)
     check_base(rec, b.identity.to_dict())
     out = Path(out)
     if out.exists() and any(out.iterdir()):
