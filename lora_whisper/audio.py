@@ -19,6 +19,17 @@ class AudioError(ValueError):
     """An input file could not be used; the message names the file."""
 
 
+def _check_file(path: str | Path) -> Path:
+    path = Path(path)
+    if not path.exists():
+        raise AudioError(f"{path}: no such file")
+    if path.is_dir():
+        raise AudioError(f"{path}: is a folder, not an audio file")
+    if path.stat().st_size == 0:
+        raise AudioError(f"{path}: empty file")
+    return path
+
+
 def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE, check_silence: bool = True) -> np.ndarray:
     """Decode a file to mono float32 at ``sample_rate``.
 
@@ -28,13 +39,7 @@ def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE, check_silence: 
     import soundfile as sf
     import soxr
 
-    path = Path(path)
-    if not path.exists():
-        raise AudioError(f"{path}: no such file")
-    if path.is_dir():
-        raise AudioError(f"{path}: is a folder, not an audio file")
-    if path.stat().st_size == 0:
-        raise AudioError(f"{path}: empty file")
+    path = _check_file(path)
     try:
         audio, sr = sf.read(str(path), dtype="float32", always_2d=True)
     except Exception as e:  # noqa: BLE001 - libsndfile raises several types; report one line
@@ -98,13 +103,7 @@ def audio_info(path: str | Path) -> float:
     """Duration in seconds without decoding the file (the same checks and one-line errors as load_audio)."""
     import soundfile as sf
 
-    path = Path(path)
-    if not path.exists():
-        raise AudioError(f"{path}: no such file")
-    if path.is_dir():
-        raise AudioError(f"{path}: is a folder, not an audio file")
-    if path.stat().st_size == 0:
-        raise AudioError(f"{path}: empty file")
+    path = _check_file(path)
     try:
         info = sf.info(str(path))
     except Exception as e:  # noqa: BLE001 - libsndfile raises several types; report one line
