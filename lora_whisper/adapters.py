@@ -48,8 +48,12 @@ class AdapterPool:
         """
         key = adapter_key(record.ref)
         if key in self.resident:
-            self.resident.move_to_end(key)
-            return key
+            if _same_files(self.resident[key], record):
+                self.resident.move_to_end(key)
+                return key
+            # the registry reuses a version number after a whole family was removed: drop the stale weights
+            del self.resident[key]
+            self.peft.delete_adapter(key)
         check_base(record, self.base.identity.to_dict())
         check_adapter_files(record.path)
         from peft import PeftModel
@@ -236,3 +240,8 @@ class AdapterPool:
         model.eval()
         self._merged_cache = (key, model)
         return model
+
+
+def _same_files(a: AdapterRecord, b: AdapterRecord) -> bool:
+    """Whether two records of one reference are the same adapter (not a removed one filed again under its number)."""
+    return a.created == b.created and str(a.path) == str(b.path)
