@@ -330,7 +330,9 @@ class Decoder:
             s = times[first] if first < len(times) else start0
             e = times[last + 1] if last + 1 < len(times) else times[min(last, len(times) - 1)]
             p = float(np.mean([probs[text_idx[i]] for i in idx])) if probs else None
-            s, e = min(s, end0), min(max(e, s), end0)  # the closing timestamp token's own time can overshoot
+            # cross-attention times can fall outside the segment the timestamp tokens gave: keep words inside it
+            s = min(max(s, start0), end0)
+            e = min(max(e, s), end0)
             out.append({"start": round(s, 2), "end": round(e, 2), "word": w, "probability": p})
         return out
 

@@ -488,14 +488,23 @@ class Engine:
                 continue
             # the model's closing timestamp can point past the audio's end: cues stay inside the file
             r = {**r, "start": min(r["start"], length), "end": min(r["end"], length)}
-            words = None
-            if r["words"] is not None:
-                words = [
-                    Word(u.piece.to_file_time(w["start"]), u.piece.to_file_time(w["end"]), w["word"], w["probability"])
-                    for w in r["words"]
-                ]
             start = u.piece.to_file_time(r["start"])
             end = max(start, u.piece.to_file_time(r["end"]))
+            words = None
+            if r["words"] is not None:
+
+                def inside(t: float, lo=start, hi=end) -> float:
+                    return min(max(t, lo), hi)
+
+                words = [
+                    Word(
+                        inside(u.piece.to_file_time(min(w["start"], length))),
+                        inside(u.piece.to_file_time(min(w["end"], length))),
+                        w["word"],
+                        w["probability"],
+                    )
+                    for w in r["words"]
+                ]
             segs.append(
                 Segment(
                     start,
