@@ -60,7 +60,7 @@ def cache_put(file: str, key: str, value) -> None:
 
 
 def quiet_libraries() -> None:
-    """Silence known, harmless noise from bitsandbytes and transformers (see FACTS.md)."""
+    """Silence known, harmless noise from bitsandbytes and transformers (seen on every call in this project's runs)."""
     for name in ("bitsandbytes", "bitsandbytes.cextension", "transformers.generation", "transformers.modeling_utils"):
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", message=".*MatMul8bitLt.*")
@@ -269,7 +269,7 @@ def load_model(path: str | Path, quantize: str = "int8", device: str = "cpu"):
         from transformers import BitsAndBytesConfig
 
         # llm_int8_threshold=0.0: with the default 6.0 each row's output depends on the rest of the batch
-        # (outlier columns are chosen per batch); 0.0 keeps batched and single results identical (FACTS.md).
+        # (outlier columns are chosen per batch); 0.0 keeps batched and single results identical (measured: 0.39 logit difference at 6.0, 0 at 0.0).
         kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True, llm_int8_threshold=0.0)
         kwargs["device_map"] = {"": device}
     else:

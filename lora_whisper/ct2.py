@@ -1,8 +1,8 @@
 """Import a CTranslate2 Whisper model (the faster-whisper format) into transformers' format.
 
 Hand-written because no library reads CTranslate2's ``model.bin`` back into PyTorch: ctranslate2 only converts
-*to* its format. The layout is documented in CTranslate2's ``python/ctranslate2/specs/model_spec.py`` and
-summarised in ``shared/FACTS.md``.
+*to* its format. The layout is documented in CTranslate2's ``python/ctranslate2/specs/model_spec.py``;
+``parse_ct2_model`` below is the format as read here (a test round-trips it through CTranslate2's converter).
 """
 
 from __future__ import annotations
