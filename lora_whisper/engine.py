@@ -21,7 +21,7 @@ import numpy as np
 
 from .adapters import AdapterPool, adapter_key
 from .audio import SAMPLE_RATE, AudioError, audio_info, expand_inputs, load_audio, stream_audio
-from .decoding import BLOCK_SECONDS, TASKS, TEMPERATURES, WINDOW_SECONDS, DecodeOptions, Decoder, Piece, Segment, Word
+from .decoding import BLOCK_SECONDS, TASKS, WINDOW_SECONDS, DecodeOptions, Decoder, Piece, Segment, Word
 from .registry import AdapterRecord, Registry
 from .routing import Route, RouteRequest, accept_claim, route, should_consult
 
@@ -713,4 +713,3 @@ def _groups(items: list, n: int) -> Iterator[list]:
         yield items[k : k + n]
 
 
-__all__ += ["TEMPERATURES"]
