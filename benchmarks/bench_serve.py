@@ -1,23 +1,28 @@
 """Load test of `lora-whisper serve` on loopback: micro-batching on vs off vs the engine without a server.
 
-    python benchmarks/bench_serve.py [--clients 8] [--requests 400] [--clips DIR] [--adapters fr,de,es]
-                                     [--registry DIR] [--base offline|PATH] [--quantize int8|none] [--threads 2]
-                                     [--rounds 2] [--modes sequential,cli-batch,serve-off,serve-on]
+    python benchmarks/bench_serve.py [--clients 8] [--requests 400] [--baseline-requests 80] [--clips DIR]
+                                     [--adapters fr,de,es] [--registry DIR] [--base offline|PATH]
+                                     [--quantize auto|int8|none] [--rounds 4]
+                                     [--modes sequential,serve-off,serve-on]
 
 Requests cycle through the real clips of ``--clips`` (default tests/data/audio; any folder of audio files, e.g. a
 Common Voice sample via ``$LORA_WHISPER_BENCH_CLIPS``), ``model=auto``, sent by ``--clients`` concurrent clients
-(threads, raw multipart over HTTP/1.1) to a real uvicorn server in this process. Modes, on the same files and the
-same engine:
+(threads, raw multipart over HTTP/1.1). Each server mode is a real ``lora-whisper serve`` **process** (what a
+deployment runs), started once and kept for all rounds, so its memory is measured alone (``psutil`` on its pid), not
+mixed with the clients'. Modes, on the same files:
 
-- ``sequential``: ``engine.transcribe([file])`` one file at a time (the CLI, one file per run);
-- ``cli-batch``: ``engine.transcribe(all files)`` in one call (the CLI given the whole list);
-- ``serve, batching off``: the server with ``--max-batch 1``;
-- ``serve, batching on``: the server with ``--max-batch`` (default 8) and ``--max-wait-ms`` (default 50).
+- ``sequential``: ``engine.transcribe([file])`` one file at a time in this process (the CLI, one file per run);
+- ``cli-batch``: ``engine.transcribe(all files of a round)`` in one call (the CLI given the whole list);
+- ``serve-off``: the server with ``--max-batch 1``;
+- ``serve-on``: the server with ``--max-batch`` (default 8) and ``--max-wait-ms`` (default 50).
 
-Prints, per mode: requests, failures (asserted 0), wall time, throughput in audio seconds per second and its ratio
-to ``sequential``, latency p50/p95/p99 (server modes), and RSS at start, after warm-up and at the end (growth after
-warm-up). ``--adapters fr,de,es`` files small random LoRA adapters for the base (r=8, weights ~N(0, 0.01): outputs
-stay near the base's) in a temporary registry, so routing, loads and swaps are exercised; quality is not measured.
+Server modes send ``--requests`` requests after a warm-up of ``--clients`` requests; the engine modes (the
+throughput baseline) ``--baseline-requests``. Rounds interleave the modes so a change in the machine's load hits
+all alike. Prints, per mode: requests, failures (asserted 0), wall time, throughput in audio seconds per second and
+its ratio to ``sequential``, latency p50/p95/p99, and for each server its RSS after warm-up and after every round
+(growth after warm-up); at the end each server gets SIGTERM and must exit 0. ``--adapters fr,de,es`` files small
+random LoRA adapters for the base (r=8, weights ~N(0, 0.01): outputs stay near the base's) in a temporary registry,
+so routing, loads and swaps are exercised; quality is not measured.
 """
 
 from __future__ import annotations
@@ -25,6 +30,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -32,12 +40,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 AUDIO = Path(__file__).resolve().parents[1] / "tests" / "data" / "audio"
-
-
-def rss_mb() -> float:
-    import psutil
-
-    return psutil.Process().memory_info().rss / 2**20
 
 
 def make_adapters(base, langs: list[str], registry) -> None:
@@ -115,23 +117,75 @@ def load_test(url: str, payloads: list[tuple[str, bytes, float]], start: int, n:
     return {"wall": wall, "lat": lat, "failures": failures, "audio_s": audio_s}
 
 
+class ServerProcess:
+    """``lora-whisper serve`` in its own process on a free loopback port."""
+
+    def __init__(self, registry: str, base: str, quantize: str, max_batch: int, max_wait_ms: int, max_queue: int):
+        import socket
+
+        with socket.socket() as s:  # a free port (the server binds it right after)
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        exe = Path(sys.executable).with_name("lora-whisper")
+        cmd = [str(exe)] if exe.exists() else [sys.executable, "-c", "from lora_whisper.cli import main; main()"]
+        cmd += ["--registry", registry, "--base", base, "--quantize", quantize, "serve", "--port", str(self.port)]
+        cmd += ["--max-batch", str(max_batch), "--max-wait-ms", str(max_wait_ms), "--max-queue", str(max_queue)]
+        cmd += ["--no-access-log"]
+        self.log = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def wait_ready(self, timeout: float = 600) -> None:
+        import httpx2 as httpx
+
+        t = time.monotonic()
+        while time.monotonic() - t < timeout:
+            if self.proc.poll() is not None:
+                raise SystemExit(f"server exited with {self.proc.returncode}:\n{self.output()}")
+            try:
+                if httpx.get(self.url + "/health", timeout=5).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        raise SystemExit(f"server not ready after {timeout:.0f} s:\n{self.output()}")
+
+    def rss_mb(self) -> float:
+        import psutil
+
+        return psutil.Process(self.proc.pid).memory_info().rss / 2**20
+
+    def stop(self, timeout: float = 120) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return -9
+
+    def output(self) -> str:
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace")[-3000:]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--clients", type=int, default=8)
-    ap.add_argument("--requests", type=int, default=400)
+    ap.add_argument("--requests", type=int, default=400, help="requests per server mode (after the warm-up)")
+    ap.add_argument("--baseline-requests", type=int, default=80, help="requests per engine mode (sequential...)")
     ap.add_argument("--warmup", type=int, default=None, help="requests before measuring (default: --clients)")
     ap.add_argument("--clips", default=os.environ.get("LORA_WHISPER_BENCH_CLIPS") or str(AUDIO))
     ap.add_argument("--base", default="offline")
-    ap.add_argument("--quantize", default="int8", choices=["int8", "none"])
+    ap.add_argument("--quantize", default="auto", choices=["auto", "int8", "none"])
     ap.add_argument("--registry", default=None, help="an adapter registry to serve (default: an empty temporary one)")
     ap.add_argument(
         "--adapters", default="fr,de,es", help="random adapters to file in the temporary registry ('' none)"
     )
     ap.add_argument("--max-batch", type=int, default=8)
     ap.add_argument("--max-wait-ms", type=int, default=50)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--modes", default="sequential,cli-batch,serve-off,serve-on")
-    ap.add_argument("--rounds", type=int, default=2, help="interleave the modes in this many rounds")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads of the in-process engine modes")
+    ap.add_argument("--modes", default="sequential,serve-off,serve-on")
+    ap.add_argument("--rounds", type=int, default=4, help="interleave the modes in this many rounds")
     ap.add_argument("--json", default=None, help="also write the results to this file")
     args = ap.parse_args()
 
@@ -139,12 +193,22 @@ def main() -> None:
 
     from lora_whisper.audio import AUDIO_EXTENSIONS, AudioError, load_audio
     from lora_whisper.base import load_base, quiet_libraries
+    from lora_whisper.cli import _inference_quantize
     from lora_whisper.engine import Engine, TranscribeOptions
     from lora_whisper.registry import Registry
-    from lora_whisper.server import ServeOptions, bind_socket, create_app, make_server
 
     quiet_libraries()
     torch.set_num_threads(args.threads)
+    names = {
+        "sequential": "sequential (engine, 1 file/call)",
+        "cli-batch": "cli-batch (engine, all files of a round/call)",
+        "serve-off": "serve, batching off (max-batch 1)",
+        "serve-on": f"serve, batching on (max-batch {args.max_batch})",
+    }
+    modes = args.modes.split(",")
+    bad = [m for m in modes if m not in names]
+    if bad:
+        raise SystemExit(f"unknown mode(s) {bad}: choose from {list(names)}")
     files = sorted(f for f in Path(args.clips).rglob("*") if f.suffix.lower() in AUDIO_EXTENSIONS)
     payloads, arrays = [], []
     for f in files:
@@ -157,32 +221,34 @@ def main() -> None:
         arrays.append((f.name, a))
     if not payloads:
         raise SystemExit(f"no audio files in {args.clips}")
-    n, warm = args.requests, args.warmup if args.warmup is not None else args.clients
-    rss0 = rss_mb()
-    base = load_base(args.base, args.quantize, "cpu")
+    warm = args.warmup if args.warmup is not None else args.clients
+    quantize = _inference_quantize(args.quantize, "cpu")
     tmp = tempfile.TemporaryDirectory()
-    registry = Registry(args.registry or Path(tmp.name) / "adapters")
+    registry_dir = args.registry or str(Path(tmp.name) / "adapters")
+    registry = Registry(registry_dir)
+    base = load_base(args.base, quantize, "cpu")
     if not args.registry and args.adapters:
         make_adapters(base, [x for x in args.adapters.split(",") if x], registry)
-    engine = Engine(base, registry)
-    modes = args.modes.split(",")
-    clip_s = sum(p[2] for p in payloads)
+    engine = Engine(base, registry) if {"sequential", "cli-batch"} & set(modes) else None
+    servers = {}
+    for m in modes:
+        if m.startswith("serve"):
+            servers[m] = ServerProcess(
+                registry_dir,
+                args.base,
+                quantize,
+                1 if m == "serve-off" else args.max_batch,
+                args.max_wait_ms,
+                max(64, 4 * args.clients),
+            )
+    for s in servers.values():
+        s.wait_ready()
     print(
-        f"clips: {len(payloads)} files, {clip_s:.1f} s of audio, from {args.clips}; {n} requests, "
-        f"{args.clients} clients, warm-up {warm}; base {args.base} ({args.quantize}), {args.threads} threads; "
-        f"adapters: {[r.ref for r in registry.active()]}"
+        f"clips: {len(payloads)} files, {sum(p[2] for p in payloads):.1f} s of audio, from {args.clips}; "
+        f"{args.requests} requests per server mode, {args.baseline_requests} per engine mode, {args.clients} clients, "
+        f"warm-up {warm}; base {args.base} ({quantize}); adapters: {[r.ref for r in registry.active()]}"
     )
-    print(f"RSS at start {rss0:.0f} MB, with the base loaded {rss_mb():.0f} MB")
-    names = {
-        "sequential": "sequential (engine, 1 file/call)",
-        "cli-batch": "cli-batch (engine, all files/call)",
-        "serve-off": "serve, batching off (max-batch 1)",
-        "serve-on": f"serve, batching on (max-batch {args.max_batch})",
-    }
-    bad = [m for m in modes if m not in names]
-    if bad:
-        raise SystemExit(f"unknown mode(s) {bad}: choose from {list(names)}")
-    acc = {m: dict(mode=names[m], requests=0, failed=0, wall=0.0, audio_s=0.0, lat=[], batches=0) for m in modes}
+    acc = {m: dict(mode=names[m], requests=0, failed=0, wall=0.0, audio_s=0.0, lat=[]) for m in modes}
 
     def engine_run(m: str, start: int, count: int) -> None:
         idx = range(start, start + count)
@@ -202,100 +268,83 @@ def main() -> None:
         r["audio_s"] += sum(payloads[k % len(payloads)][2] for k in idx)
         r["lat"] += lat
         r["requests"] += count
-        r["batches"] = None
-
-    def serve_run(m: str, start: int, count: int) -> None:
-        max_batch = 1 if m == "serve-off" else args.max_batch
-        opts = ServeOptions(
-            port=0, max_batch=max_batch, max_wait=args.max_wait_ms / 1000, max_queue=max(64, 4 * n), access_log=False
-        )
-        app = create_app(engine, opts)
-        server = make_server(app, opts, log_level="warning")
-        sock = bind_socket("127.0.0.1", 0)
-        th = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-        th.start()
-        while not server.started:
-            time.sleep(0.05)
-        try:
-            b0 = app.state.scheduler.batches
-            res = load_test(f"http://127.0.0.1:{sock.getsockname()[1]}", payloads, start, count, args.clients)
-            batches = app.state.scheduler.batches - b0
-        finally:
-            server.should_exit = True
-            th.join(120)
-            sock.close()
-        for why in res["failures"][:5]:
-            print(f"  failure: {why}")
-        r = acc[m]
-        r["wall"] += res["wall"]
-        r["audio_s"] += res["audio_s"]
-        r["lat"] += res["lat"]
-        r["requests"] += count
-        r["failed"] += len(res["failures"])
-        r["batches"] += batches
 
     def run(m: str, start: int, count: int) -> None:
-        if m in ("sequential", "cli-batch"):
+        if count <= 0:
+            return
+        if m in servers:
+            res = load_test(servers[m].url, payloads, start, count, args.clients)
+            for why in res["failures"][:5]:
+                print(f"  failure: {why}")
+            r = acc[m]
+            r["wall"] += res["wall"]
+            r["audio_s"] += res["audio_s"]
+            r["lat"] += res["lat"]
+            r["requests"] += count
+            r["failed"] += len(res["failures"])
+        else:
             # in a worker thread, as the server's scheduler runs the engine: torch's thread settings differ between
             # the main thread and others (measured here: the same file 2.4x slower in the main thread on a busy
             # 2-core machine), and the comparison is about serving, not that
             with ThreadPoolExecutor(1) as one:
                 one.submit(engine_run, m, start, count).result()
-        else:
-            serve_run(m, start, count)
 
-    # warm-up every mode (adapters loaded, allocator grown), then rounds that interleave the modes, so a change in
-    # the machine's load (2 shared cores) hits every mode alike
+    def split(n: int) -> list[int]:
+        return [n // args.rounds + (1 if k < n % args.rounds else 0) for k in range(args.rounds)]
+
+    # warm-up every mode (adapters loaded, allocator grown), then rounds that interleave the modes
     for m in modes:
         run(m, 0, warm)
     for r in acc.values():
-        r.update(requests=0, failed=0, wall=0.0, audio_s=0.0, lat=[], batches=0)
-    rss_warm = rss_mb()
-    per = [n // args.rounds + (1 if k < n % args.rounds else 0) for k in range(args.rounds)]
-    start, rss_rounds = 0, []
-    for k, count in enumerate(per):
+        r.update(requests=0, failed=0, wall=0.0, audio_s=0.0, lat=[])
+    rss = {m: [s.rss_mb()] for m, s in servers.items()}
+    per_server, per_engine = split(args.requests), split(args.baseline_requests)
+    start = {m: warm for m in modes}
+    for k in range(args.rounds):
         for m in modes:
-            run(m, start, count)
-            print(
-                f"  round {k + 1}/{args.rounds} {names[m]}: {acc[m]['wall']:.1f} s so far, RSS {rss_mb():.0f} MB",
-                flush=True,
-            )
-        start += count
-        rss_rounds.append(rss_mb())
-    rss_end = rss_mb()
+            count = (per_server if m in servers else per_engine)[k]
+            run(m, start[m], count)
+            start[m] += count
+            mem = f", server RSS {servers[m].rss_mb():.0f} MB" if m in servers else ""
+            print(f"  round {k + 1}/{args.rounds} {names[m]}: {acc[m]['wall']:.1f} s so far{mem}", flush=True)
+        for m, s in servers.items():
+            rss[m].append(s.rss_mb())
+    exits = {m: s.stop() for m, s in servers.items()}
 
     ref = acc.get("sequential") or next(iter(acc.values()))
     ref_tp = ref["audio_s"] / ref["wall"]
-    head = "| mode | requests | failed | wall s | audio s/s | vs sequential | p50 s | p95 s | p99 s | engine calls |"
+    head = "| mode | requests | failed | wall s | audio s/s | vs sequential | p50 s | p95 s | p99 s |"
     print()
     print(head)
     print("|" + "---|" * (head.count("|") - 1))
     out = []
-    for r in acc.values():
+    for m, r in acc.items():
         tp = r["audio_s"] / r["wall"]
         p = [percentile(r["lat"], q) for q in (50, 95, 99)]
         lat = " | ".join(f"{x:.2f}" if r["lat"] else "-" for x in p)
-        calls = r["batches"] if r["batches"] is not None else "-"
         print(
-            f"| {r['mode']} | {r['requests']} | {r['failed']} | {r['wall']:.1f} | {tp:.2f} | {tp / ref_tp:.2f}x | {lat} | {calls} |"
+            f"| {r['mode']} | {r['requests']} | {r['failed']} | {r['wall']:.1f} | {tp:.2f} | {tp / ref_tp:.2f}x | {lat} |"
         )
         out.append(
-            {k: v for k, v in r.items() if k != "lat"} | {"throughput": tp, "p50": p[0], "p95": p[1], "p99": p[2]}
+            {k: v for k, v in r.items() if k != "lat"}
+            | {"throughput": tp, "p50": p[0], "p95": p[1], "p99": p[2], "rss": rss.get(m), "exit": exits.get(m)}
         )
-    growth = (rss_end - rss_warm) / rss_warm
-    print(
-        f"\nRSS: start {rss0:.0f} MB, after the small warm-up {rss_warm:.0f} MB, end {rss_end:.0f} MB "
-        f"({growth:+.1%}); after each round {[round(x) for x in rss_rounds]} MB"
-    )
-    if len(rss_rounds) > 1:
-        # round 1 runs every mode at full size (batches of --max-batch, the whole list for cli-batch): the memory
-        # high-water mark is reached there; growth after it is what would be a leak
-        leak = (rss_rounds[-1] - rss_rounds[0]) / rss_rounds[0]
-        print(f"RSS growth from the end of round 1 to the end: {leak:+.1%}")
+    print()
+    for m, xs in rss.items():
+        growth = (xs[-1] - xs[0]) / xs[0]
+        print(
+            f"{names[m]}: RSS after warm-up {xs[0]:.0f} MB, after each round {[round(x) for x in xs[1:]]} MB, "
+            f"growth {growth:+.1%}; exit on SIGTERM: {exits[m]}"
+        )
     if args.json:
-        Path(args.json).write_text(json.dumps({"modes": out, "rss": [rss0, rss_warm, rss_end, rss_rounds]}, indent=2))
+        Path(args.json).write_text(json.dumps({"modes": out}, indent=2))
     failed = sum(r["failed"] for r in acc.values())
+    bad_exit = {m: c for m, c in exits.items() if c != 0}
+    if failed or bad_exit:
+        for m, s in servers.items():
+            print(f"--- {m} server output ---\n{s.output()}")
     assert failed == 0, f"{failed} failed requests"
+    assert not bad_exit, f"servers did not exit 0 on SIGTERM: {bad_exit}"
     tmp.cleanup()
 
 
