@@ -218,10 +218,9 @@ class Scheduler:
             self.metrics.batch_size.observe(len(batch))
         # the engine remembers adapters that failed to load; the registry may have changed since (a server lives
         # long), so let it look again
-        for owner in (self.engine, getattr(self.engine, "pool", None)):
-            failed = getattr(owner, "_failed", None)
-            if isinstance(failed, dict):
-                failed.clear()
+        forget = getattr(getattr(self.engine, "pool", None), "forget_failures", None)
+        if forget is not None:
+            forget()
         before = set(getattr(self.engine, "resident", {}) or {})
         t = time.perf_counter()
         try:
