@@ -275,6 +275,7 @@ class Decoder:
 
         model = model or self.base.model
         kw = self._kwargs(options, languages, fallback)
+        model._lora_whisper_keep_scores = bool(options.word_timestamps)
         prompt_ids = self._prompt_ids(prompt)
         if prompt_ids is not None:
             kw["prompt_ids"] = prompt_ids
@@ -388,6 +389,11 @@ def _install_stats_hook(model) -> None:
             except Exception:  # noqa: BLE001 - statistics are informative; never break decoding for them
                 pass
             out["lora_whisper_stats"] = stats
+            if not getattr(model, "_lora_whisper_keep_scores", True):
+                # the window's per-token scores (vocabulary-sized, ~200 KB a token) were only needed for the checks
+                # above; every segment keeps its window's output until the whole block is decoded, so without this
+                # a 240 s block holds ~100 MB of them. Kept for word timestamps (word probabilities).
+                out.pop("scores", None)
         return res
 
     model._need_fallback = need_fallback
