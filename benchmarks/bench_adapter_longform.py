@@ -69,28 +69,22 @@ def main() -> None:
             f"\n{len(sentences)} held-out sentences ({corpus}, {split}), other voices than training, joined: "
             f"{len(audio) / 16000:.1f} s, language {lang}"
         )
-        print(
-            "| decoder | decoding | segments | words out / ref | WER | deletions | boundary median | last segment end |"
-        )
-        print("|---|---|---|---|---|---|---|---|")
+        print("| decoder | segments | words out / ref | WER | deletions | boundary median | last segment end |")
+        print("|---|---|---|---|---|---|---|")
         for name, adapter in (("base", "none"), (rec.ref, rec.ref)):
-            opts = TranscribeOptions(language=lang, adapter=adapter)
-            (res,) = engine.transcribe([("joined", audio)], opts)
-            for how, text, segs in (("long-form, 1 file", res.text, res.segments),):
-                hyp = normalize(text, lang)
-                out = jiwer.process_words(ref, hyp) if hyp.strip() else None
-                wer, dels = (out.wer, out.deletions / n) if out else (1.0, 1.0)
-                if segs:
-                    edges = sorted({x for s in segs for x in (s.start, s.end)})
-                    dist = f"{statistics.median(min(abs(b - e) for e in edges) for b in bounds[:-1]):.2f} s"
-                    end = f"{segs[-1].end:.1f} of {len(audio) / 16000:.1f} s"
-                else:
-                    dist = end = "-"
-                nseg = len(segs) if segs is not None else "-"
-                print(
-                    f"| {name} | {how} | {nseg} | {len(hyp.split())} / {n} | {wer:.3f} | {dels:.3f} | {dist} | {end} |",
-                    flush=True,
-                )
+            (res,) = engine.transcribe([("joined", audio)], TranscribeOptions(language=lang, adapter=adapter))
+            hyp = normalize(res.text, lang)
+            out = jiwer.process_words(ref, hyp) if hyp.strip() else None
+            wer, dels = (out.wer, out.deletions / n) if out else (1.0, 1.0)
+            dist = end = "-"
+            if res.segments:
+                edges = sorted({x for s in res.segments for x in (s.start, s.end)})
+                dist = f"{statistics.median(min(abs(b - e) for e in edges) for b in bounds[:-1]):.2f} s"
+                end = f"{res.segments[-1].end:.1f} of {len(audio) / 16000:.1f} s"
+            print(
+                f"| {name} | {len(res.segments)} | {len(hyp.split())} / {n} | {wer:.3f} | {dels:.3f} | {dist} | {end} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

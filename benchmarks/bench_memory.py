@@ -74,8 +74,7 @@ def main() -> None:
             err = p.stderr.read().decode(errors="replace")
             if os.waitstatus_to_exitcode(status) != 0:
                 raise SystemExit(f"{' '.join(cmd)} failed:\n{err[-2000:]}")
-            res = json.loads((out / f"{wav.stem}.json").read_text())
-            segs = res.get("segments") or (res[0].get("segments") if isinstance(res, list) else [])
+            segs = json.loads((out / f"{wav.stem}.json").read_text())["segments"]
             row = dict(minutes=m, audio_s=round(secs, 1), peak_rss_mb=round(usage.ru_maxrss / 1024), wall_s=round(wall))
             row["segments"] = len(segs)
             rows.append(row)

@@ -121,32 +121,25 @@ class ServerProcess:
     """``lora-whisper serve`` in its own process on a free loopback port."""
 
     def __init__(self, registry: str, base: str, quantize: str, max_batch: int, max_wait_ms: int, max_queue: int):
-        import socket
-
-        with socket.socket() as s:  # a free port (the server binds it right after)
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
         exe = Path(sys.executable).with_name("lora-whisper")
         cmd = [str(exe)] if exe.exists() else [sys.executable, "-c", "from lora_whisper.cli import main; main()"]
-        cmd += ["--registry", registry, "--base", base, "--quantize", quantize, "serve", "--port", str(self.port)]
+        cmd += ["--registry", registry, "--base", base, "--quantize", quantize, "serve", "--port", "0"]
         cmd += ["--max-batch", str(max_batch), "--max-wait-ms", str(max_wait_ms), "--max-queue", str(max_queue)]
         cmd += ["--no-access-log"]
         self.log = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = ""
 
     def wait_ready(self, timeout: float = 600) -> None:
-        import httpx2 as httpx
-
+        """Wait for the server's "listening on URL" line (it picks a free port itself)."""
         t = time.monotonic()
         while time.monotonic() - t < timeout:
             if self.proc.poll() is not None:
                 raise SystemExit(f"server exited with {self.proc.returncode}:\n{self.output()}")
-            try:
-                if httpx.get(self.url + "/health", timeout=5).status_code == 200:
+            for line in self.output().splitlines():
+                if "listening on " in line:
+                    self.url = line.split("listening on ")[1].split()[0]
                     return
-            except httpx.HTTPError:
-                pass
             time.sleep(0.5)
         raise SystemExit(f"server not ready after {timeout:.0f} s:\n{self.output()}")
 
