@@ -208,7 +208,8 @@ class AdapterPool:
 
         float32 base: merge in place, unmerge after (exact), yields None (use the base model).
         8-bit base: a float32 copy with the adapter merged (cached for the next group), since merging into int8
-        weights loses accuracy and unmerging does not restore them.
+        weights loses accuracy and unmerging does not restore them. Dynamic int8 base: the same copy, quantized
+        afresh after the merge (its int8 kernels are built from the float weights once).
         """
 
         @contextlib.contextmanager
@@ -238,6 +239,10 @@ class AdapterPool:
         set_peft_model_state_dict(model, get_peft_model_state_dict(self.peft, adapter_name=key), adapter_name=key)
         model = model.merge_and_unload()
         model.eval()
+        if self.base.quantize == "dynamic":
+            from .int8 import dynamic_int8
+
+            dynamic_int8(model)
         self._merged_cache = (key, model)
         return model
 

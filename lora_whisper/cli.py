@@ -89,11 +89,11 @@ def _progress(total: int, desc: str):
 )
 @click.option(
     "--quantize",
-    type=click.Choice(["auto", "int8", "none"]),
+    type=click.Choice(["auto", "int8", "dynamic", "none"]),
     default="auto",
     show_default=True,
-    help="Frozen base in 8-bit (bitsandbytes) or full precision. auto: training 8-bit (the recipe's), inference "
-    "8-bit on CUDA and float32 on CPU (faster there).",
+    help="Frozen base: int8 (bitsandbytes 8-bit), dynamic (torch dynamic int8, CPU inference only) or none "
+    "(float32). auto: training as the recipe says, inference 8-bit on CUDA and float32 on CPU.",
 )
 @click.option("--device", default=None, help="cpu or cuda (default: cuda when available).")
 @click.option("--cache-size", default=4, show_default=True, help="Adapters kept resident (LRU).")

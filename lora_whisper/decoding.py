@@ -127,6 +127,36 @@ def text_compression_ratio(text: str) -> float:
 _TOKEN_RATIO_PER_TEXT_RATIO = 1.35 / 2.4
 
 
+def log_mel_chunked(fe, audio: np.ndarray, chunk_seconds: float = WINDOW_SECONDS):
+    """The log-mel features of ``fe`` (a WhisperFeatureExtractor) for a long block, computed 30 s at a time.
+
+    Written by hand because the feature extractor computes the whole block's STFT at once (its float temporaries
+    for a 240 s block peak at ~150 MB, against ~25 MB here); the steps are its ``_torch_extract_fbank_features``
+    (Hann-windowed, centred STFT, |.|^2 without the last frame, mel filters, log10, clamp to max - 8, (x + 4) / 4)
+    and the result matches it (tests/test_decoding.py). Each chunk is read with 3 hops of context on each side, so
+    every kept frame sees the same samples as in one STFT over the block; the clamp uses the block's maximum.
+    """
+    import torch
+
+    hop, n = fe.hop_length, len(audio)
+    frames = n // hop
+    margin = 3 * hop  # >= n_fft / 2: a kept frame's window never reaches the chunk's padded edge
+    step = int(chunk_seconds * SAMPLE_RATE) // hop * hop
+    window = torch.hann_window(fe.n_fft)
+    filters = torch.from_numpy(fe.mel_filters).to(torch.float32).T
+    wav = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32))
+    out = torch.empty(filters.shape[0], frames)
+    for start in range(0, frames * hop, step):
+        lo, hi = max(0, start - margin), min(n, start + step + margin)
+        stft = torch.stft(wav[lo:hi], fe.n_fft, hop, window=window, return_complex=True)
+        mel = filters @ (stft[..., :-1].abs() ** 2).contiguous()
+        first, last = start // hop, min(frames, (start + step) // hop)
+        skip = (start - lo) // hop
+        out[:, first:last] = torch.clamp(mel[:, skip : skip + last - first], min=1e-10).log10()
+    out = torch.maximum(out, out.max() - 8.0)
+    return (out + 4.0) / 4.0
+
+
 class Decoder:
     """The decoding steps on one base (and, for merged adapters, on a separate merged model)."""
 
@@ -147,18 +177,17 @@ class Decoder:
 
     def long_features(self, audio: np.ndarray):
         """Un-truncated features and attention mask of one block for transformers' sequential long-form decoding."""
+        import torch
+
         fe = self.base.processor.feature_extractor
-        inp = fe(
-            [audio],
-            sampling_rate=SAMPLE_RATE,
-            truncation=False,
-            padding="longest",
-            return_attention_mask=True,
-            return_tensors="pt",
-        )
-        if inp.input_features.shape[-1] < 3000:  # a block under 30 s: Whisper's input is always 30 s
-            inp = fe([audio], sampling_rate=SAMPLE_RATE, return_attention_mask=True, return_tensors="pt")
-        return inp.input_features.to(self.base.device, self.dtype), inp.attention_mask.to(self.base.device)
+        if len(audio) <= WINDOW_SECONDS * SAMPLE_RATE or fe.dither != 0.0:
+            # a block under 30 s: Whisper's input is always 30 s, padded
+            kw = {} if len(audio) <= WINDOW_SECONDS * SAMPLE_RATE else {"truncation": False, "padding": "longest"}
+            inp = fe([audio], sampling_rate=SAMPLE_RATE, return_attention_mask=True, return_tensors="pt", **kw)
+            return inp.input_features.to(self.base.device, self.dtype), inp.attention_mask.to(self.base.device)
+        features = log_mel_chunked(fe, audio)[None]
+        mask = torch.ones(1, features.shape[-1], dtype=torch.long)
+        return features.to(self.base.device, self.dtype), mask.to(self.base.device)
 
     def encode(self, features, model=None):
         import torch
@@ -248,11 +277,14 @@ class Decoder:
         if features is not None and encoded is not None:
             cache.prime(features, encoded)
         cache.enabled = True
+        head = _install_prompt_logits_skip(model, self.tokenizer.convert_tokens_to_ids("<|startoftranscript|>"))
+        head.enabled = SKIP_PROMPT_LOGITS
         attn = model.config._attn_implementation
         try:
             yield
         finally:
             cache.enabled = False
+            head.enabled = False
             cache.clear()
             if model.config._attn_implementation != attn:
                 model.config._attn_implementation = attn
@@ -453,6 +485,65 @@ def _install_encoder_cache(model) -> _EncoderCache:
     enc.forward = forward
     enc._lora_whisper_cache = cache
     return cache
+
+
+SKIP_PROMPT_LOGITS = True
+"""Leave the prompt's rows of the output head uncomputed while generating (see _install_prompt_logits_skip)."""
+
+
+class _PromptLogitsSkip:
+    """State of the output-head hook: on during generate only; the prompt positions of the current decoder call."""
+
+    def __init__(self):
+        self.enabled = False
+        self.skip = 0
+        self.rows_skipped = 0
+
+
+def _install_prompt_logits_skip(model, sot: int) -> _PromptLogitsSkip:
+    """Compute no vocabulary logits for the previous-text prompt's positions while generating.
+
+    With ``condition_on_prev_tokens`` every window's first decoder call carries up to 224 prompt tokens, and the
+    output head turns each into a vocabulary-sized row (51,865 floats: ~47 MB a call for a full prompt); transformers'
+    no-speech detector runs a second such call. Nothing reads those rows: generate takes the last position's logits,
+    the no-speech detector the ``<|startoftranscript|>`` position's. transformers' ``logits_to_keep`` does this for
+    decoder-only models, but WhisperForConditionalGeneration does not accept it, hence this hook: the head's output
+    keeps its shape, rows before ``<|startoftranscript|>`` are left unwritten (``torch.empty``: never-touched pages
+    cost no memory), and the rows from it on are computed as before. Off outside generate (training reads every row).
+    Measured: it removes the growth of the peak over a long file's first windows (the prompt filling up).
+    """
+    import torch
+
+    decoder, head = model.model.decoder, model.proj_out
+    state = getattr(head, "_lora_whisper_skip", None)
+    if state is not None:
+        return state
+    state = _PromptLogitsSkip()
+
+    def before_decoder(module, args, kwargs):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        state.skip = 0
+        if state.enabled and ids is not None and ids.dim() == 2 and ids.shape[1] > 1:
+            at_sot = ids == sot
+            if bool(at_sot.any(dim=1).all()):
+                state.skip = int(at_sot.int().argmax(dim=1).min())
+
+    orig = head.forward
+
+    def forward(hidden):
+        k, state.skip = state.skip, 0
+        if not state.enabled or k <= 0 or hidden.dim() != 3 or hidden.shape[1] <= k:
+            return orig(hidden)
+        rows = orig(hidden[:, k:])
+        state.rows_skipped += k * hidden.shape[0]
+        out = torch.empty(hidden.shape[0], hidden.shape[1], rows.shape[-1], dtype=rows.dtype, device=rows.device)
+        out[:, k:] = rows
+        return out
+
+    decoder.register_forward_pre_hook(before_decoder, with_kwargs=True)
+    head.forward = forward
+    head._lora_whisper_skip = state
+    return state
 
 
 def _cache_suppress_masks() -> None:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from lora_whisper.decoding import Piece, text_compression_ratio
+from lora_whisper.decoding import Piece, log_mel_chunked, text_compression_ratio
 from lora_whisper.engine import Engine, Segment, TranscribeOptions, Transcription
 from lora_whisper.output import render
 
@@ -25,6 +25,43 @@ def test_piece_maps_times_across_removed_silence():
 
 def test_compression_ratio_flags_repetition():
     assert text_compression_ratio("the cat " * 40) > 2.4 > text_compression_ratio("A short, varied sentence here.")
+
+
+@pytest.mark.parametrize("seconds", [30.5, 60.0, 95.30625, 241.0])
+def test_chunked_log_mel_matches_the_feature_extractor(tiny_base, seconds):
+    """Long blocks' features are computed 30 s at a time (bounded memory) and equal the library's whole-block ones."""
+    fe = tiny_base.processor.feature_extractor
+    rng = np.random.default_rng(0)
+    n = int(seconds * 16000)
+    t = np.arange(n) / 16000
+    # speech-like: a loud burst late in the block sets the clamp level for all chunks
+    audio = (1e-5 * rng.standard_normal(n) + np.sin(2 * np.pi * 440 * t) * (t > seconds - 5)).astype(np.float32)
+    ref = fe([audio], sampling_rate=16000, truncation=False, padding="longest", return_tensors="pt").input_features[0]
+    got = log_mel_chunked(fe, audio)
+    assert got.shape == ref.shape
+    np.testing.assert_allclose(got.numpy(), ref.numpy(), atol=2e-5)
+    # the clamp (block max - 8 in log10, i.e. max - 2 after scaling) really bites, and early chunks got the late max
+    assert abs(float(got[:, :100].min()) - (float(ref.max()) - 2.0)) < 1e-5
+
+
+def test_prompt_rows_of_the_output_head_are_skipped_without_changing_the_text(tiny_base, wavs, monkeypatch):
+    """The previous-text prompt's positions get no vocabulary logits during generate; the transcript is the same."""
+    from lora_whisper import decoding
+
+    e = Engine(tiny_base)
+    opts = TranscribeOptions(language="fr", initial_prompt="Bonjour tout le monde, voici un texte.", **GREEDY)
+    files = [wavs["good"], wavs["good2"]]
+    skipped = list(e.transcribe(files, opts))
+    state = tiny_base.model.proj_out._lora_whisper_skip
+    assert state.rows_skipped > 0  # the prompt's rows really were left out
+    monkeypatch.setattr(decoding, "SKIP_PROMPT_LOGITS", False)
+    before = state.rows_skipped
+    full = list(e.transcribe(files, opts))
+    assert state.rows_skipped == before
+    assert [r.text for r in skipped] == [r.text for r in full] and any(r.text for r in full)
+    assert [[(s.start, s.end) for s in r.segments] for r in skipped] == [
+        [(s.start, s.end) for s in r.segments] for r in full
+    ]
 
 
 def test_long_input_is_decoded_in_blocks_with_times_inside(tiny_base, monkeypatch):

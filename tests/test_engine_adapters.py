@@ -226,3 +226,46 @@ def test_cli_merge_combine_and_domain_list(tiny_model_dir, reg, wavs):
     assert mixed["text"] == plain["text"]
     res = CliRunner().invoke(main, ["--registry", str(reg.root), "transcribe", "--combine-weights", "1", "x.wav"])
     assert res.exit_code == 2 and "--combine-weights '1': give two numbers" in res.stderr
+
+
+def test_dynamic_int8_base_hot_swap_merge_and_mixed(tiny_model_dir, fp32_base, reg, wavs):
+    """torch dynamic int8 base (CPU inference): peft wraps its layers, adapters change the text, merging agrees."""
+    from peft.tuners.lora import Linear as LoraLinear
+
+    from lora_whisper.int8 import DynamicInt8Linear
+
+    dyn = load_base(str(tiny_model_dir), quantize="dynamic", device="cpu")
+    assert isinstance(dyn.model.proj_out, DynamicInt8Linear)
+    assert dyn.model.proj_out.weight is dyn.model.model.decoder.embed_tokens.weight  # tied weights stay tied
+    # the int8 kernel is close to the float layer it came from
+    lin = fp32_base.model.model.decoder.layers[0].fc1
+    x = torch.randn(4, lin.in_features)
+    with torch.inference_mode():
+        ref, got = lin(x), DynamicInt8Linear.from_linear(lin)(x)
+    assert (got - ref).abs().max() / ref.abs().max() < 0.05 and not torch.equal(got, ref)
+
+    engine = Engine(dyn, reg)
+    files = [wavs["good"], wavs["good2"]]
+    base = _texts(engine, files, language="fr", adapter="none")
+    med = _texts(engine, files, language="fr", domain="medical")
+    assert [r.adapter for r in med] == ["fr-medical@1"] * 2
+    assert [r.text for r in med] != [r.text for r in base]
+    wrapped = [m for m in engine.pool.peft.modules() if isinstance(m, LoraLinear)]
+    assert wrapped and all(isinstance(m.base_layer, DynamicInt8Linear) for m in wrapped)
+    # the merged copy is quantized afresh from the merged float weights: same text as the hot-swapped adapter
+    merged = _texts(engine, files, language="fr", domain="medical", merge=True)
+    assert all(r.merged for r in merged) and [r.text for r in merged] == [r.text for r in med]
+    assert isinstance(engine.pool._merged_cache[1].proj_out, DynamicInt8Linear)
+    # back to the base: exactly the base's text (the float weights under the int8 kernels never changed)
+    assert [r.text for r in _texts(engine, files, language="fr", adapter="none")] == [r.text for r in base]
+
+
+def test_dynamic_int8_refuses_training_and_cuda(tiny_model_dir):
+    from lora_whisper.base import BaseModelError, load_model
+    from lora_whisper.int8 import DynamicInt8Linear
+
+    with pytest.raises(BaseModelError, match="CPU only"):
+        load_model(tiny_model_dir, "dynamic", "cuda:0")
+    layer = DynamicInt8Linear.from_linear(torch.nn.Linear(8, 4))
+    with pytest.raises(RuntimeError, match="no backward"):
+        layer(torch.randn(2, 8, requires_grad=True))
