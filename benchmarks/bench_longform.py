@@ -1,6 +1,6 @@
 """Long-form decoding on real recordings: lora-whisper vs faster-whisper on the same files and weights, one run.
 
-    python benchmarks/bench_longform.py --speech DIR [--audio tests/data/audio] [--threads 2] [--quantize none]
+    python benchmarks/bench_longform.py --speech DIR [--audio tests/data/audio] [--threads 2] [--quantize none,dynamic]
 
 Long files are real clips joined with 0.5 s of silence: Common Voice speakers of a manifest's ``dev`` split
 (``--speech``: a folder with manifest.jsonl rows audio/text/lang/split/speaker) grouped in speaker order into files of
@@ -22,6 +22,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 GAP = 0.5
+LABEL = {"none": "float32", "dynamic": "dynamic int8", "int8": "8-bit (bitsandbytes)"}
 
 
 def build_files(speech: Path | None, audio: Path, min_minutes: float, max_files: int):
@@ -82,7 +83,7 @@ def main() -> None:
     ap.add_argument("--min-minutes", type=float, default=5.0)
     ap.add_argument("--max-files", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--quantize", default="none", choices=["none", "int8"])
+    ap.add_argument("--quantize", default="none", help="comma list of none, dynamic, int8: one engine each, same run")
     ap.add_argument("--modes", default="sequential,sequential+vad,batched+vad")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
@@ -144,9 +145,9 @@ def main() -> None:
 
         return fn
 
-    engine = Engine(load_base("offline", quantize=args.quantize, device="cpu"))
+    engines = {q: Engine(load_base("offline", quantize=q, device="cpu")) for q in args.quantize.split(",")}
 
-    def ours_fn(vad: bool, batch: bool):
+    def ours_fn(engine, vad: bool, batch: bool):
         def fn(name, a, lang):
             opts = TranscribeOptions(
                 language=lang,
@@ -163,7 +164,8 @@ def main() -> None:
     for mode in modes:
         vad, batch = "vad" in mode, mode.startswith("batched")
         run("faster-whisper int8", mode, fw_fn(vad, batch))
-        run(f"lora-whisper {'fp32' if args.quantize == 'none' else '8-bit'}", mode, ours_fn(vad, batch))
+        for q, engine in engines.items():
+            run(f"lora-whisper {LABEL[q]}", mode, ours_fn(engine, vad, batch))
 
     base = next((r["seconds"] for r in results if r["system"].startswith("faster") and r["mode"] == "sequential"), None)
     print(f"\n{'system':<24}{'mode':<18}{'WER':>7}{'seconds':>9}{'x fw seq':>9}{'boundary':>10}")

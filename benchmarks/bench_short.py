@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+LABEL = {"none": "float32", "dynamic": "dynamic int8", "int8": "8-bit (bitsandbytes)"}
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_longform import score  # noqa: E402  (the same scoring as the long-form table)
@@ -39,7 +40,7 @@ def main() -> None:
     ap.add_argument("--audio", type=Path, default=ROOT / "tests" / "data" / "audio")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--quantize", default="none", choices=["none", "int8"])
+    ap.add_argument("--quantize", default="none", help="comma list of none, dynamic, int8: one engine each, same run")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
 
@@ -55,11 +56,12 @@ def main() -> None:
     if args.speech is not None:
         sets[f"{args.speech.name} dev"] = load_set(args.speech, "dev")
     fw = WhisperModel(str(offline_ct2_path()), device="cpu", compute_type="int8", cpu_threads=args.threads)
-    engine = Engine(load_base("offline", quantize=args.quantize, device="cpu"))
-    # warm both (first-call costs are not what is compared)
+    engines = {q: Engine(load_base("offline", quantize=q, device="cpu")) for q in args.quantize.split(",")}
+    # warm all (first-call costs are not what is compared)
     _, a0, _, _ = next(iter(sets.values()))[0]
     list(fw.transcribe(a0, beam_size=1)[0])
-    list(engine.transcribe([("warm", a0)], TranscribeOptions(adapter="none")))
+    for engine in engines.values():
+        list(engine.transcribe([("warm", a0)], TranscribeOptions(adapter="none")))
 
     def run_fw(clips):
         out = []
@@ -68,16 +70,21 @@ def main() -> None:
             out.append((" ".join(s.text.strip() for s in segs), info.language))
         return out
 
-    def run_ours(clips):
-        res = engine.transcribe(
-            [(n, a) for n, a, _, _ in clips], TranscribeOptions(adapter="none", batch_size=args.batch_size)
-        )
-        return [(r.text, r.language) for r in res]
+    def ours(engine):
+        def run_ours(clips):
+            res = engine.transcribe(
+                [(n, a) for n, a, _, _ in clips], TranscribeOptions(adapter="none", batch_size=args.batch_size)
+            )
+            return [(r.text, r.language) for r in res]
+
+        return run_ours
+
+    systems = [("faster-whisper int8", run_fw)] + [(f"lora-whisper {LABEL[q]}", ours(e)) for q, e in engines.items()]
 
     results = []
     for set_name, clips in sets.items():
         secs = sum(len(a) for _, a, _, _ in clips) / 16000
-        for system, fn in (("faster-whisper int8", run_fw), (f"lora-whisper {args.quantize}", run_ours)):
+        for system, fn in systems:
             t = time.perf_counter()
             out = fn(clips)
             dt = time.perf_counter() - t
