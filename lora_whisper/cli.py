@@ -194,7 +194,8 @@ def _decoding_options(f):
             type=click.Choice(["sequential", "batched"]),
             default="sequential",
             show_default=True,
-            help="Long audio: Whisper's sequential algorithm, or VAD pieces of <= 30 s decoded in batches (faster).",
+            help="Long audio: Whisper's sequential algorithm, or VAD pieces of <= 30 s decoded in batches (faster; "
+            "first temperature only, no fallback, like faster-whisper's batched pipeline).",
         ),
         click.option("--max-new-tokens", type=int, default=None, help="Token limit per window."),
     ]

@@ -24,7 +24,7 @@ class DynamicInt8Linear(torch.nn.Linear):
     """
 
     @classmethod
-    def from_linear(cls, linear: torch.nn.Linear) -> "DynamicInt8Linear":
+    def from_linear(cls, linear: torch.nn.Linear) -> DynamicInt8Linear:
         new = cls.__new__(cls)
         torch.nn.Module.__init__(new)
         new.in_features, new.out_features = linear.in_features, linear.out_features

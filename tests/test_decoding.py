@@ -91,6 +91,27 @@ def test_long_input_is_decoded_in_blocks_with_times_inside(tiny_base, monkeypatc
     assert all(a.start <= b.start for a, b in zip(segs, segs[1:]))  # monotonic across blocks
 
 
+def test_batched_long_form_decodes_at_the_first_temperature_only(tiny_base):
+    """Batched long-form (like faster-whisper's batched pipeline) never re-decodes at hotter temperatures."""
+    rng = np.random.default_rng(2)
+    audio = (0.1 * rng.standard_normal(16000 * 70)).astype(np.float32)
+    e = Engine(tiny_base)
+    seen = []
+    orig = e.decoder.generate
+
+    def spy(*a, **k):
+        seen.append(k.get("fallback", True))
+        return orig(*a, **k)
+
+    e.decoder.generate = spy
+    opts = dict(language="fr", max_new_tokens=6)  # default temperatures (0.0, 0.2, ... 1.0)
+    list(e.stream(("long", audio), TranscribeOptions(long_form="batched", **opts)))
+    assert seen and not any(seen)
+    seen.clear()
+    list(e.stream(("long", audio), TranscribeOptions(long_form="sequential", **opts)))
+    assert seen and all(seen)
+
+
 def test_stream_yields_segments_then_result(tiny_base, wavs):
     items = list(Engine(tiny_base).stream(wavs["good"], TranscribeOptions(language="fr", **GREEDY)))
     assert isinstance(items[-1], Transcription) and all(isinstance(x, Segment) for x in items[:-1])

@@ -212,7 +212,22 @@ def test_cli_merge_combine_and_domain_list(tiny_model_dir, reg, wavs):
 
     def run(*extra):
         args = ["--base", str(tiny_model_dir), "--quantize", "none", "--registry", str(reg.root), "transcribe"]
-        res = CliRunner().invoke(main, [*args, "--temperature", "0", "--max-new-tokens", "8", "--format", "json", "--language", "fr", *extra, str(wavs["good"])])
+        res = CliRunner().invoke(
+            main,
+            [
+                *args,
+                "--temperature",
+                "0",
+                "--max-new-tokens",
+                "8",
+                "--format",
+                "json",
+                "--language",
+                "fr",
+                *extra,
+                str(wavs["good"]),
+            ],
+        )
         assert res.exit_code == 0, res.output
         return json.loads(res.stdout)
 

@@ -43,7 +43,11 @@ def test_chunking_over_30s():
 def test_batch_goes_on_after_bad_files(tiny_base, wavs):
     engine = Engine(tiny_base)
     order = ["good", "empty", "text", "mp3", "truncated", "silence", "missing", "good2"]
-    results = list(engine.transcribe([wavs[k] for k in order], TranscribeOptions(batch_size=2, max_new_tokens=5, temperature=(0.0,))))
+    results = list(
+        engine.transcribe(
+            [wavs[k] for k in order], TranscribeOptions(batch_size=2, max_new_tokens=5, temperature=(0.0,))
+        )
+    )
     assert [type(r).__name__ for r in results] == [
         "Transcription",
         "FileError",
@@ -73,7 +77,9 @@ def test_language_restriction(tiny_base, wavs):
     engine = Engine(tiny_base)
     (d,) = engine.detect([wavs["good"]], TranscribeOptions(languages=["de", "es"]))
     assert set(d.languages) == {"de", "es"} and abs(sum(d.languages.values()) - 1) < 1e-5
-    (r,) = engine.transcribe([wavs["good"]], TranscribeOptions(languages=["de", "es"], max_new_tokens=3, temperature=(0.0,)))
+    (r,) = engine.transcribe(
+        [wavs["good"]], TranscribeOptions(languages=["de", "es"], max_new_tokens=3, temperature=(0.0,))
+    )
     assert r.language in ("de", "es")
     (r,) = engine.transcribe([wavs["good"]], TranscribeOptions(language="pt", max_new_tokens=3, temperature=(0.0,)))
     assert r.language == "pt" and r.language_probability is None and r.languages == {}
