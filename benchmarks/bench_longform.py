@@ -109,14 +109,16 @@ def main() -> None:
     def run(system, mode, fn):
         errs = words = 0
         dists, t = [], 0.0
-        per_file = {}
+        per_file, per_file_s = {}, {}
         for name, a, lang, ref, bounds in files:
             t0 = time.perf_counter()
             text, segs = fn(name, a, lang)
-            t += time.perf_counter() - t0
+            dt = time.perf_counter() - t0
+            t += dt
             e, n = score(ref, text, lang)
             errs, words = errs + e, words + n
             per_file[name] = round(e / max(n, 1), 3)
+            per_file_s[name] = round(dt, 1)
             d = boundary_distance(bounds, segs)
             if d is not None:
                 dists.append(d)
@@ -127,6 +129,7 @@ def main() -> None:
             "seconds": round(t, 1),
             "boundary_median_s": round(statistics.median(dists), 2) if dists else None,
             "per_file": per_file,
+            "per_file_seconds": per_file_s,
         }
         results.append(row)
         print(json.dumps(row), flush=True)
@@ -168,11 +171,18 @@ def main() -> None:
             run(f"lora-whisper {LABEL[q]}", mode, ours_fn(engine, vad, batch))
 
     base = next((r["seconds"] for r in results if r["system"].startswith("faster") and r["mode"] == "sequential"), None)
-    print(f"\n{'system':<24}{'mode':<18}{'WER':>7}{'seconds':>9}{'x fw seq':>9}{'boundary':>10}")
+    names = [f[0] for f in files]
+    print("\n| system | mode | WER | " + " | ".join(names) + " | seconds | x fw sequential | boundary |")
+    print("|---" * (len(names) + 6) + "|")
     for r in results:
         ratio = f"{r['seconds'] / base:.2f}" if base else "-"
-        b = "-" if r["boundary_median_s"] is None else f"{r['boundary_median_s']:.2f}s"
-        print(f"{r['system']:<24}{r['mode']:<18}{r['wer']:>7.3f}{r['seconds']:>9.1f}{ratio:>9}{b:>10}")
+        b = "-" if r["boundary_median_s"] is None else f"{r['boundary_median_s']:.2f} s"
+        cells = [f"{r['per_file'][n]:.3f} ({r['per_file_seconds'][n]:.0f} s)" for n in names]
+        print(
+            f"| {r['system']} | {r['mode']} | {r['wer']:.3f} | "
+            + " | ".join(cells)
+            + f" | {r['seconds']:.1f} | {ratio} | {b} |"
+        )
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
 

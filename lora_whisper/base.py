@@ -20,6 +20,8 @@ OFFLINE = "offline"
 OFFLINE_HUB_ID = "openai/whisper-base"
 """The Hub id the offline base's weights come from (faster-whisper-base is openai/whisper-base in float16)."""
 QUANTIZE_CHOICES = ("int8", "dynamic", "none")
+CPU_INFERENCE_QUANTIZE = "none"
+"""What ``quantize="auto"`` loads for inference on CPU (on CUDA: bitsandbytes int8); see ``resolve_quantize``."""
 """int8: bitsandbytes LLM.int8 (training and CUDA inference); dynamic: torch's dynamic int8 Linear kernels (CPU
 inference only); none: float32."""
 
@@ -258,12 +260,22 @@ def pick_device(device: str | None = None, env: dict | None = None, cuda_count: 
     return f"cuda:{index}"
 
 
+def resolve_quantize(quantize: str, device: str) -> str:
+    """``auto`` for inference: bitsandbytes 8-bit on CUDA; on CPU ``CPU_INFERENCE_QUANTIZE`` (bitsandbytes int8 is
+    slower than float32 there; measured in benchmarks/bench_transcribe.py and bench_longform.py). Resolved where the
+    model loads, so a Ray worker with a GPU and a driver without one each get their own."""
+    if quantize != "auto":
+        return quantize
+    return "int8" if str(device).startswith("cuda") else CPU_INFERENCE_QUANTIZE
+
+
 def load_model(path: str | Path, quantize: str = "int8", device: str = "cpu"):
     """Load a WhisperForConditionalGeneration from ``path``: 8-bit (bitsandbytes), dynamic int8 (torch, CPU) or
     float32."""
     import torch
     from transformers import WhisperForConditionalGeneration
 
+    quantize = resolve_quantize(quantize, device)
     if quantize not in QUANTIZE_CHOICES:
         raise BaseModelError(f"quantize {quantize!r} is not one of {list(QUANTIZE_CHOICES)}")
     if quantize == "dynamic" and device != "cpu":
@@ -297,8 +309,8 @@ def load_base(name: str = OFFLINE, quantize: str = "int8", device: str | None = 
 
     Args:
         name: ``"offline"`` (packaged whisper-base), a local transformers folder, or a Hub id.
-        quantize: ``"int8"`` (default, bitsandbytes), ``"dynamic"`` (torch dynamic int8, CPU inference) or
-            ``"none"``.
+        quantize: ``"int8"`` (default, bitsandbytes), ``"dynamic"`` (torch dynamic int8, CPU inference),
+            ``"none"``, or ``"auto"`` (inference: per device, see ``resolve_quantize``).
         device: ``"cpu"``, ``"cuda"`` (this process's GPU) or ``"cuda:N"``; default: this process's GPU when one is
             visible (``LOCAL_RANK`` under torchrun/accelerate), else cpu. See ``pick_device``.
     """
@@ -310,6 +322,7 @@ def load_base(name: str = OFFLINE, quantize: str = "int8", device: str | None = 
 
         torch.cuda.set_device(device)  # bitsandbytes and NCCL use the current device
     path, hub_id = resolve_base(name)
+    quantize = resolve_quantize(quantize, device)
     model = load_model(path, quantize, device)
     processor = WhisperProcessor.from_pretrained(str(path))
     identity = BaseIdentity(hub_id=hub_id, fingerprint=weights_fingerprint(path))

@@ -38,20 +38,8 @@ def _engine(ctx, quantize: str | None = None):
     from .engine import Engine
 
     o = ctx.obj
-    base = load_base(o["base"], _inference_quantize(quantize or o["quantize"], o["device"]), o["device"])
+    base = load_base(o["base"], quantize or o["quantize"], o["device"])
     return Engine(base, _registry(ctx), cache_size=o["cache_size"])
-
-
-def _inference_quantize(quantize: str, device: str | None) -> str:
-    """``auto``: bitsandbytes 8-bit on CUDA, float32 on CPU, where int8 inference is slower (dequantisation; measured
-    in benchmarks/bench_transcribe.py)."""
-    if quantize != "auto":
-        return quantize
-    if device:
-        return "int8" if device.startswith("cuda") else "none"
-    import os
-
-    return "int8" if os.path.exists("/proc/driver/nvidia/version") else "none"  # without importing torch
 
 
 def _csv(value: str | None) -> list[str] | None:
@@ -108,7 +96,7 @@ def main(ctx, registry, base, quantize, device, cache_size, verbose):
     ctx.obj = dict(
         registry=registry,
         base=base,
-        quantize=_inference_quantize(quantize, device),
+        quantize=quantize,  # "auto" is resolved where the base loads (base.resolve_quantize)
         device=device,
         cache_size=cache_size,
         quantize_given=quantize != "auto",
@@ -144,7 +132,7 @@ def base_info(ctx):
     """Show the base's identity (hub id, weight fingerprint, path)."""
     from .base import load_base
 
-    b = load_base(ctx.obj["base"], _inference_quantize(ctx.obj["quantize"], ctx.obj["device"]), ctx.obj["device"])
+    b = load_base(ctx.obj["base"], ctx.obj["quantize"], ctx.obj["device"])
     click.echo(
         json.dumps(
             {
@@ -497,8 +485,9 @@ def train(ctx, language, domain, recipe_path, overrides, resume, no_progress):
     click.echo(f"adapter   {result.record.ref}  ({result.record.path})")
     click.echo(f"steps     {result.steps}   training time {result.train_seconds:.0f} s")
     if b:
-        cut = (b.wer - a.wer) / b.wer if b.wer else float("nan")
-        click.echo(f"WER       {b.wer:.3f} -> {a.wer:.3f}  ({cut:+.0%} relative cut)")
+        change = (a.wer - b.wer) / b.wer if b.wer else float("nan")
+        verdict = "better" if a.wer < b.wer else "worse" if a.wer > b.wer else "unchanged"
+        click.echo(f"WER       {b.wer:.3f} -> {a.wer:.3f}  ({change:+.0%} relative: {verdict})")
         click.echo(f"CER       {b.cer:.3f} -> {a.cer:.3f}")
     else:
         click.echo(f"WER       {a.wer:.3f}   CER {a.cer:.3f}")

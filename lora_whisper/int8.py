@@ -10,7 +10,7 @@ import warnings
 
 import torch
 from torch.ao.nn.quantized.dynamic import Linear as _QLinear
-from torch.ao.quantization import default_dynamic_qconfig
+from torch.ao.quantization import per_channel_dynamic_qconfig
 
 
 class DynamicInt8Linear(torch.nn.Linear):
@@ -29,7 +29,7 @@ class DynamicInt8Linear(torch.nn.Linear):
         torch.nn.Module.__init__(new)
         new.in_features, new.out_features = linear.in_features, linear.out_features
         new.weight, new.bias = linear.weight, linear.bias  # shared: tied weights (proj_out) stay tied
-        linear.qconfig = default_dynamic_qconfig
+        linear.qconfig = per_channel_dynamic_qconfig  # one scale per output row, as CTranslate2 int8
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")  # torch.ao.quantization's notice that it moves to torchao
             q = _QLinear.from_float(linear)
