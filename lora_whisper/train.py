@@ -389,6 +389,8 @@ def train(
             logger.warning("%s has checkpoints from an earlier run; starting over (use --resume to continue)", run_dir)
             for c in stale:
                 shutil.rmtree(c, ignore_errors=True)
+        # and its best-by-validation weights: a fresh run must not start from another run's best
+        shutil.rmtree(run_dir / "best", ignore_errors=True)
     run_dir.mkdir(parents=True, exist_ok=True)
 
     # placement first: under torchrun / accelerate each process loads the base on its own GPU

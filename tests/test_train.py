@@ -294,6 +294,14 @@ def test_real_speech_training_through_the_manifest_source(tiny_model_dir, tmp_pa
         out.append({**r, "text": short, "split": split, "speaker": f"spk{i % 4}", "lang": "en"})
     (data / "cv.jsonl").write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in out) + "\n")
     recipe = Path(__file__).parents[1] / "recipes" / "en-commonvoice.yaml"
+    # an earlier run's best checkpoint in the run folder: a fresh (not --resume) run must not inherit it
+    from safetensors.torch import save_file
+
+    (tmp_path / "run" / "best").mkdir(parents=True)
+    save_file({"x": torch.zeros(1)}, str(tmp_path / "run" / "best" / "weights.safetensors"))
+    (tmp_path / "run" / "best" / "best.json").write_text(
+        json.dumps({"wer": 0.0, "step": 99, "history": [{"step": 99}]})
+    )
     res = CliRunner().invoke(
         main,
         [
