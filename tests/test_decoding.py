@@ -64,6 +64,19 @@ def test_prompt_rows_of_the_output_head_are_skipped_without_changing_the_text(ti
     ]
 
 
+def _spy_generate(engine, what) -> list:
+    """Record ``what(kwargs)`` for every Decoder.generate call of ``engine``."""
+    seen = []
+    orig = engine.decoder.generate
+
+    def spy(*a, **k):
+        seen.append(what(k))
+        return orig(*a, **k)
+
+    engine.decoder.generate = spy
+    return seen
+
+
 def test_long_input_is_decoded_in_blocks_with_times_inside(tiny_base, monkeypatch):
     from lora_whisper import decoding
     from lora_whisper import engine as eng
@@ -73,14 +86,7 @@ def test_long_input_is_decoded_in_blocks_with_times_inside(tiny_base, monkeypatc
     rng = np.random.default_rng(1)
     audio = (0.1 * rng.standard_normal(16000 * 95)).astype(np.float32)
     e = Engine(tiny_base)
-    calls = []
-    orig = e.decoder.generate
-
-    def spy(*a, **k):
-        calls.append(k["features"].shape[-1])
-        return orig(*a, **k)
-
-    e.decoder.generate = spy
+    calls = _spy_generate(e, lambda k: k["features"].shape[-1])
     items = list(e.stream(("long", audio), TranscribeOptions(language="fr", **GREEDY)))
     res = items[-1]
     assert isinstance(res, Transcription) and res.duration == 95.0
@@ -96,14 +102,7 @@ def test_batched_long_form_decodes_at_the_first_temperature_only(tiny_base):
     rng = np.random.default_rng(2)
     audio = (0.1 * rng.standard_normal(16000 * 70)).astype(np.float32)
     e = Engine(tiny_base)
-    seen = []
-    orig = e.decoder.generate
-
-    def spy(*a, **k):
-        seen.append(k.get("fallback", True))
-        return orig(*a, **k)
-
-    e.decoder.generate = spy
+    seen = _spy_generate(e, lambda k: k.get("fallback", True))
     opts = dict(language="fr", max_new_tokens=6)  # default temperatures (0.0, 0.2, ... 1.0)
     list(e.stream(("long", audio), TranscribeOptions(long_form="batched", **opts)))
     assert seen and not any(seen)
