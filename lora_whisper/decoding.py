@@ -252,12 +252,30 @@ class Decoder:
             kw["language"] = langs if len(set(langs)) > 1 else langs[0]
         return kw
 
-    def _prompt_ids(self, text: str | None):
+    @property
+    def max_prompt_tokens(self) -> int:
+        """The prompt takes at most half of the decoder's context, as in Whisper (223 tokens for whisper-base)."""
+        return self.base.model.config.max_target_positions // 2 - 1
+
+    def prompt_tokens(self, text: str | None) -> list[int]:
+        """The token ids of a text prompt (without ``<|startofprev|>``)."""
         if not text or not text.strip():
+            return []
+        return [int(t) for t in self.tokenizer.get_prompt_ids(" " + text.strip())[1:]]
+
+    def _prompt_ids(self, text: str | list[int] | None):
+        """``<|startofprev|>`` + the prompt: text (``--initial-prompt``), or the previous block's tokens as decoded,
+        timestamp tokens included, as Whisper conditions each window on the tokens before it."""
+        if isinstance(text, list):
+            if not text:
+                return None
+            ids = np.array([self.tokenizer.convert_tokens_to_ids("<|startofprev|>"), *text])
+        elif not text or not text.strip():
             return None
-        ids = self.tokenizer.get_prompt_ids(" " + text.strip(), return_tensors="pt")
+        else:
+            ids = self.tokenizer.get_prompt_ids(" " + text.strip(), return_tensors="pt")
         # the prompt takes at most half of the decoder's context, as in Whisper (newest tokens kept)
-        keep = self.base.model.config.max_target_positions // 2 - 1
+        keep = self.max_prompt_tokens
         if len(ids) > keep + 1:
             ids = (
                 np.concatenate([ids[:1], ids[-keep:]])
@@ -336,6 +354,7 @@ class Decoder:
             "compression_ratio": text_compression_ratio(text.strip()),
             "words": None,
             "window": id(seg.get("result")),  # segments of one decoding window share its output
+            "tokens": tokens,  # text and timestamp tokens, the next block's prompt
         }
         if seg.get("token_timestamps") is not None:
             raw["words"] = self._words(tokens, seg["token_timestamps"], seg, language)

@@ -641,12 +641,18 @@ class Engine:
                     self._route_units([first], options, w)
                     warnings += w.get(0, [])
                 last_block = duration >= _total(item) - 1e-3
-                new, keep_until = self._decode_block(speech, first, options, prompt, last_block)
+                new, keep_until, tokens = self._decode_block(speech, first, options, prompt, last_block)
                 for s in new:
                     segs.append(s)
                     yield s
-                if options.condition_on_previous_text and segs:
-                    prompt = " ".join(s.text for s in segs[-20:])
+                if options.condition_on_previous_text:
+                    # Whisper's prompt across the block edge: the tokens decoded so far, timestamps included (a
+                    # text-only prompt made the next block's windows run sentences together without timestamps);
+                    # None: the block ended on a window decoded hotter than 0.5, which resets it, as in Whisper
+                    head = prompt if isinstance(prompt, list) else self.decoder.prompt_tokens(prompt)
+                    prompt = None if tokens is None else (head + tokens)[-self.decoder.max_prompt_tokens :]
+                else:
+                    prompt = None  # the initial prompt is for the first window only (transformers' "first-segment")
                 # audio after the last kept segment goes round again with the next block
                 if keep_until is None:
                     carry = np.zeros(0, np.float32)
@@ -686,13 +692,16 @@ class Engine:
         keep_until = None
         if not last_block and rows:
             # the block's last window was decoded against audio cut at the block's end: its segments (and any that
-            # end near the cut) are decoded again at the start of the next block, prompted with the text before
+            # end near the cut) are decoded again at the start of the next block, prompted with the tokens before
             last_window = rows[-1]["window"]
             kept = [x for x in rows if x["window"] != last_window and x["end"] <= block_end - 1.0]
             if kept:
                 rows = kept
                 keep_until = speech.to_file_time(kept[-1]["end"])
-        return self._segments(unit, rows, merged), keep_until
+        # as Whisper: a window decoded hotter than 0.5 does not prompt the next one
+        hot = bool(rows) and (rows[-1].get("temperature") or 0.0) > 0.5
+        tokens = None if hot else [t for x in rows for t in x["tokens"]]
+        return self._segments(unit, rows, merged), keep_until, tokens
 
 
 def _join(pieces: list[Piece], offset: float) -> Piece | None:

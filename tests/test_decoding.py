@@ -97,6 +97,33 @@ def test_long_input_is_decoded_in_blocks_with_times_inside(tiny_base, monkeypatc
     assert all(a.start <= b.start for a, b in zip(segs, segs[1:]))  # monotonic across blocks
 
 
+def test_next_block_is_prompted_with_the_tokens_before_it(tiny_base, monkeypatch):
+    """Across a block edge the prompt is the decoded tokens (timestamps included), as Whisper's; off without
+    condition_on_previous_text."""
+    from lora_whisper import decoding
+    from lora_whisper import engine as eng
+
+    monkeypatch.setattr(eng, "BLOCK_SECONDS", 40.0)
+    monkeypatch.setattr(decoding, "BLOCK_SECONDS", 40.0)
+    audio = (0.1 * np.random.default_rng(3).standard_normal(16000 * 95)).astype(np.float32)
+    e = Engine(tiny_base)
+    prompts = _spy_generate(e, lambda k: k.get("prompt"))
+    opts = dict(language="fr", temperature=(0.0,), max_new_tokens=12, initial_prompt="Bonjour.")
+    items = list(e.stream(("long", audio), TranscribeOptions(**opts)))
+    assert len(prompts) >= 3 and prompts[0] == "Bonjour."
+    later = prompts[1:]
+    assert all(isinstance(p, list) for p in later)
+    first_words = e.decoder.prompt_tokens("Bonjour.")
+    assert later[0][: len(first_words)] == first_words and len(later[0]) > len(first_words)  # + block 1's tokens
+    ts = e.decoder.tokenizer.convert_tokens_to_ids("<|0.00|>")
+    assert any(t >= ts for p in later for t in p)  # timestamp tokens carried, not only text
+    assert all(len(p) <= e.decoder.max_prompt_tokens for p in later)
+    assert isinstance(items[-1], Transcription)
+    prompts.clear()
+    list(e.stream(("long", audio), TranscribeOptions(**opts, condition_on_previous_text=False)))
+    assert prompts[0] == "Bonjour." and all(p is None for p in prompts[1:])  # the first window's only
+
+
 def test_batched_long_form_decodes_at_the_first_temperature_only(tiny_base):
     """Batched long-form (like faster-whisper's batched pipeline) never re-decodes at hotter temperatures."""
     rng = np.random.default_rng(2)
