@@ -60,8 +60,9 @@ class TranscribeOptions(DecodeOptions):
     vad: bool = False
     """Decode speech regions only (Silero VAD): silence is skipped, a file without speech gives no text."""
     long_form: str = "sequential"
-    """``sequential``: Whisper's algorithm, window after window, each prompted with the text before it.
-    ``batched``: VAD pieces of up to 30 s decoded in batches (faster, no context across pieces)."""
+    """``sequential``: Whisper's algorithm, window after window, each prompted with the tokens before it.
+    ``batched``: VAD pieces of up to 30 s decoded in batches at the first temperature (faster, no context across
+    pieces, no fallback)."""
     batch_size: int = 8
     """Pieces per encoder / generate call."""
     top_k: int = 5
