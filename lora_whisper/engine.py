@@ -609,17 +609,7 @@ class Engine:
             for offset, block in blocks:
                 duration = offset + len(block) / SAMPLE_RATE
                 if options.long_form == "batched" or options.per_segment:
-                    audio = np.concatenate([carry, block]) if len(carry) else block
-                    start = carry_offset if len(carry) else offset
-                    pieces = self._pieces(audio, start, options, split=True)
-                    carry = np.zeros(0, np.float32)
-                    if len(pieces) > 1 and duration < _total(item) - 1e-3:
-                        # the block's last piece may be a sentence cut at the block's end: it goes round again
-                        # with the next block, where VAD sees the rest of it
-                        carry_offset = pieces[-1].offset
-                        carry = audio[int(round((carry_offset - start) * SAMPLE_RATE)) :].copy()
-                        pieces = pieces[:-1]
-                    units = [_Unit(0, p) for p in pieces]
+                    units = [_Unit(0, p) for p in self._pieces(block, offset, options, split=True)]
                     if not units:
                         continue
                     self._encode_detect(units, options, self._candidates(options), detect=not options.language)

@@ -124,28 +124,6 @@ def test_next_block_is_prompted_with_the_tokens_before_it(tiny_base, monkeypatch
     assert prompts[0] == "Bonjour." and all(p is None for p in prompts[1:])  # the first window's only
 
 
-def test_batched_long_form_carries_the_piece_cut_at_a_block_edge(tiny_base, monkeypatch):
-    """A block's last piece is decoded with the next block, so no piece is cut at a block edge."""
-    from lora_whisper import decoding
-    from lora_whisper import engine as eng
-
-    monkeypatch.setattr(eng, "BLOCK_SECONDS", 40.0)
-    monkeypatch.setattr(decoding, "BLOCK_SECONDS", 40.0)
-    audio = (0.1 * np.random.default_rng(4).standard_normal(16000 * 95)).astype(np.float32)
-    e = Engine(tiny_base)
-    pieces = []
-    orig = e._decode_units
-
-    def spy(units, options, **kw):
-        pieces.extend((u.piece.offset, round(u.piece.offset + len(u.piece.audio) / 16000, 3)) for u in units)
-        return orig(units, options, **kw)
-
-    e._decode_units = spy
-    items = list(e.stream(("long", audio), TranscribeOptions(language="fr", long_form="batched", **GREEDY)))
-    assert pieces == [(0.0, 30.0), (30.0, 60.0), (60.0, 90.0), (90.0, 95.0)]  # not 30-40, 40-70, 70-80, 80-95
-    assert isinstance(items[-1], Transcription) and items[-1].duration == 95.0
-
-
 def test_batched_long_form_decodes_at_the_first_temperature_only(tiny_base):
     """Batched long-form (like faster-whisper's batched pipeline) never re-decodes at hotter temperatures."""
     rng = np.random.default_rng(2)
