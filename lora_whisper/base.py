@@ -20,10 +20,10 @@ OFFLINE = "offline"
 OFFLINE_HUB_ID = "openai/whisper-base"
 """The Hub id the offline base's weights come from (faster-whisper-base is openai/whisper-base in float16)."""
 QUANTIZE_CHOICES = ("int8", "dynamic", "none")
-CPU_INFERENCE_QUANTIZE = "none"
-"""What ``quantize="auto"`` loads for inference on CPU (on CUDA: bitsandbytes int8); see ``resolve_quantize``."""
 """int8: bitsandbytes LLM.int8 (training and CUDA inference); dynamic: torch's dynamic int8 Linear kernels (CPU
 inference only); none: float32."""
+CPU_INFERENCE_QUANTIZE = "none"
+"""What ``quantize="auto"`` loads for inference on CPU (on CUDA: bitsandbytes int8); see ``resolve_quantize``."""
 
 
 class BaseModelError(RuntimeError):

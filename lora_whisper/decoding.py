@@ -263,28 +263,17 @@ class Decoder:
             return []
         return [int(t) for t in self.tokenizer.get_prompt_ids(" " + text.strip())[1:]]
 
-    def _prompt_ids(self, text: str | list[int] | None):
-        """``<|startofprev|>`` + the prompt: text (``--initial-prompt``), or the previous block's tokens as decoded,
-        timestamp tokens included, as Whisper conditions each window on the tokens before it."""
-        if isinstance(text, list):
-            if not text:
-                return None
-            ids = np.array([self.tokenizer.convert_tokens_to_ids("<|startofprev|>"), *text])
-        elif not text or not text.strip():
-            return None
-        else:
-            ids = self.tokenizer.get_prompt_ids(" " + text.strip(), return_tensors="pt")
-        # the prompt takes at most half of the decoder's context, as in Whisper (newest tokens kept)
-        keep = self.max_prompt_tokens
-        if len(ids) > keep + 1:
-            ids = (
-                np.concatenate([ids[:1], ids[-keep:]])
-                if isinstance(ids, np.ndarray)
-                else ids[[0, *range(len(ids) - keep, len(ids))]]
-            )
+    def _prompt_ids(self, prompt: str | list[int] | None):
+        """``<|startofprev|>`` + the prompt's newest ``max_prompt_tokens`` tokens, as in Whisper. The prompt is text
+        (``--initial-prompt``) or the tokens decoded before (timestamp tokens included), as Whisper conditions each
+        window on the tokens before it."""
         import torch
 
-        return torch.as_tensor(ids, device=self.base.device)
+        tokens = prompt if isinstance(prompt, list) else self.prompt_tokens(prompt)
+        if not tokens:
+            return None
+        ids = [self.tokenizer.convert_tokens_to_ids("<|startofprev|>"), *tokens[-self.max_prompt_tokens :]]
+        return torch.tensor(ids, device=self.base.device)
 
     @contextlib.contextmanager
     def _generation(self, model, features=None, encoded=None):

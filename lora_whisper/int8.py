@@ -1,7 +1,8 @@
 """Dynamic int8 inference on CPU: torch's int8 Linear kernels under a layer that peft can still wrap with LoRA.
 
 bitsandbytes' 8-bit layers are slower than float32 for inference on CPU; torch's dynamic quantization (int8 weights,
-activations quantized per call) is faster there (``benchmarks/bench_transcribe.py --quantize dynamic,none``).
+activations quantized per call) takes ~0.6x float32's time on long files, at some cost in WER, so it is opt-in
+(``benchmarks/bench_longform.py`` and ``bench_short.py`` with ``--quantize none,dynamic``).
 """
 
 from __future__ import annotations

@@ -131,11 +131,15 @@ def test_batched_long_form_decodes_at_the_first_temperature_only(tiny_base):
     e = Engine(tiny_base)
     seen = _spy_generate(e, lambda k: k.get("fallback", True))
     opts = dict(language="fr", max_new_tokens=6)  # default temperatures (0.0, 0.2, ... 1.0)
-    list(e.stream(("long", audio), TranscribeOptions(long_form="batched", **opts)))
+    batched = [x for x in e.stream(("long", audio), TranscribeOptions(long_form="batched", **opts))]
     assert seen and not any(seen)
     seen.clear()
-    list(e.stream(("long", audio), TranscribeOptions(long_form="sequential", **opts)))
+    sequential = [x for x in e.stream(("long", audio), TranscribeOptions(long_form="sequential", **opts))]
     assert seen and all(seen)
+    # what comes out: the random model fails every check, so sequential falls back to hotter temperatures, batched
+    # keeps its first
+    assert {s.temperature for s in batched if isinstance(s, Segment)} == {0.0}
+    assert max(s.temperature for s in sequential if isinstance(s, Segment)) > 0.0
 
 
 def test_stream_yields_segments_then_result(tiny_base, wavs):
