@@ -19,11 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .adapters import AdapterPool, adapter_key
+from .adapters import adapter_key
 from .audio import SAMPLE_RATE, AudioError, audio_info, expand_inputs, load_audio, stream_audio
-from .decoding import BLOCK_SECONDS, TASKS, WINDOW_SECONDS, DecodeOptions, Decoder, Piece, Segment, Word
 from .registry import AdapterRecord, Registry
 from .routing import Route, RouteRequest, accept_claim, route, should_consult
+from .runtime import check_runtime_options
+from .segments import BLOCK_SECONDS, TASKS, WINDOW_SECONDS, DecodeOptions, Piece, Segment, Word
 
 logger = logging.getLogger("lora_whisper")
 
@@ -176,13 +177,26 @@ class _Unit:
 
 
 class Engine:
-    """One base, a pool of resident adapters, a decoder: transcribes files with routing."""
+    """Files -> detect -> route -> decode -> results, over one runtime (``runtime.py``).
 
-    def __init__(self, base, registry: Registry | None = None, cache_size: int = 4):
-        self.base = base
+    ``Engine(base, registry)`` runs on the torch runtime (a loaded ``Base``); ``Engine(None, registry,
+    runtime=CT2Runtime(...))`` on the CTranslate2 one (``runtime.build_engine`` picks). Routing (``routing.route``,
+    adapter-consulted detection) is the same on both; the torch runtime decodes short inputs in batches and long ones
+    in blocks (``_transcribe_short`` / ``_transcribe_long``), the ct2 runtime hands each file to faster-whisper's
+    pipeline (``_ct2_stream``).
+    """
+
+    def __init__(self, base, registry: Registry | None = None, cache_size: int = 4, runtime=None):
+        if runtime is None:
+            from .runtime import TorchRuntime
+
+            runtime = TorchRuntime(base, registry, cache_size)
+        self.runtime = runtime
+        self.base = runtime.base
         self.registry = registry
-        self.decoder = Decoder(base)
-        self.pool = AdapterPool(base, registry, cache_size)
+        if runtime.kind == "torch":
+            self.decoder = runtime.decoder
+            self.pool = runtime.pool
 
     # kept for callers of the first release
     @property
@@ -195,7 +209,7 @@ class Engine:
 
     def pin(self, record: AdapterRecord) -> None:
         """Make an adapter that is not (yet) in the registry resolvable by its reference (used after training)."""
-        self.pool.add(record)
+        (self.pool if self.runtime.kind == "torch" else self.runtime).add(record)
 
     def features(self, audios):
         return self.decoder.features(audios)
@@ -211,6 +225,9 @@ class Engine:
         """Language probabilities per file, from its first 30 s (of speech, with ``vad``)."""
         options = options or TranscribeOptions()
         candidates = self._candidates(options)
+        if self.runtime.kind == "ct2":
+            yield from self._ct2_detect(paths, options, candidates)
+            return
         for group in _groups(expand_inputs(paths), options.batch_size):
             units, errors, _ = self._short_units(group, options, first_only=True)
             self._encode_detect(units, options, candidates)
@@ -231,7 +248,14 @@ class Engine:
     ) -> Iterator[Transcription | FileError]:
         """Transcribe files (folders are expanded), yielding one result per file in input order."""
         options = options or TranscribeOptions()
+        check_runtime_options(self.runtime.kind, options)
         files = expand_inputs(paths)
+        if self.runtime.kind == "ct2":
+            for item in files:
+                yield [r for r in self._ct2_stream(item, options) if not isinstance(r, Segment)][-1]
+                if progress:
+                    progress(1)
+            return
         for group in _groups(files, max(options.batch_size, 1) * 2):
             kinds = [self._kind(item, options) for item in group]
             short = [i for i, k in enumerate(kinds) if k == "short"]
@@ -254,6 +278,10 @@ class Engine:
         Memory stays flat in the length of the audio: long files are read and decoded in blocks.
         """
         options = options or TranscribeOptions()
+        check_runtime_options(self.runtime.kind, options)
+        if self.runtime.kind == "ct2":
+            yield from self._ct2_stream(item, options)
+            return
         kind = self._kind(item, options)
         if isinstance(kind, FileError):
             yield kind
@@ -361,7 +389,7 @@ class Engine:
         """Load the routed adapter (or fall back to the base with a warning); build a combination if asked."""
         if r.adapter is None:
             return r
-        rec, msg = self.pool.resolve(r.adapter)
+        rec, msg = self.runtime.resolve(r.adapter)
         if rec is None:
             warn.append(msg)
             return Route(r.language, r.probability, None, msg)
@@ -380,8 +408,6 @@ class Engine:
         """Adapter-consulted detection where the base is unsure (``routing.should_consult``): each candidate adapter
         scores its own language on the audio, and ``routing.accept_claim`` decides. An adapter's encoder output is
         kept for decoding (no second pass)."""
-        import torch
-
         if options.adapter != "auto" or options.language or not records:
             return {}
         domains = [options.domain] if isinstance(options.domain, str) else list(options.domain or [])
@@ -394,23 +420,10 @@ class Engine:
         first = [m[0] for m in unsure.values()]
         best: dict = {}
         for rec in cands:
-            got, _warn = self.pool.resolve(rec.ref)
+            got, _warn = self.runtime.resolve(rec.ref)
             if got is None:
                 continue
-            key = adapter_key(rec.ref)
-            own = {}
-            with self.pool.using([key]):
-                for batch in _groups(first, options.batch_size):
-                    with self.pool.active(key):
-                        if rec.decoder_only:
-                            enc = torch.cat([u.encoded for u in batch])
-                        else:
-                            enc = self.decoder.encode(torch.cat([u.features for u in batch]))
-                            for k, u in enumerate(batch):
-                                u.adapter_encoded[key] = enc[k : k + 1]
-                        probs = self.decoder.language_probs(enc, None)
-                    for u, p in zip(batch, probs):
-                        own[id(u)] = p.get(rec.language, 0.0)
+            own = self._claims(first, rec, options)
             for k, members in unsure.items():
                 score = own[id(members[0])]
                 if accept_claim(members[0].probs, rec, score) and score > best.get(k, (0.0, None))[0]:
@@ -426,6 +439,28 @@ class Engine:
                 f"base unsure ({lang0} {base_top[lang0]:.2f}); adapter {rec.ref} recognises {rec.language} ({score:.2f})",
             )
         return out
+
+    def _claims(self, first: list[_Unit], rec: AdapterRecord, options: TranscribeOptions) -> dict[int, float]:
+        """How sure adapter ``rec`` is of its own language on each unit (by ``id``), from its own model."""
+        if self.runtime.kind == "ct2":
+            return {id(u): self.runtime.detect(u.piece.audio, None, adapter=rec.ref).get(rec.language, 0.0) for u in first}
+        import torch
+
+        key = adapter_key(rec.ref)
+        own = {}
+        with self.pool.using([key]):
+            for batch in _groups(first, options.batch_size):
+                with self.pool.active(key):
+                    if rec.decoder_only:
+                        enc = torch.cat([u.encoded for u in batch])
+                    else:
+                        enc = self.decoder.encode(torch.cat([u.features for u in batch]))
+                        for k, u in enumerate(batch):
+                            u.adapter_encoded[key] = enc[k : k + 1]
+                    probs = self.decoder.language_probs(enc, None)
+                for u, p in zip(batch, probs):
+                    own[id(u)] = p.get(rec.language, 0.0)
+        return own
 
     # ---- decoding ----------------------------------------------------------------------------------------------
     def _decode_units(
@@ -703,6 +738,85 @@ class Engine:
         hot = bool(rows) and (rows[-1].get("temperature") or 0.0) > 0.5
         tokens = None if hot else [t for x in rows for t in x["tokens"]]
         return self._segments(unit, rows, merged), keep_until, tokens
+
+
+    # ---- the ct2 runtime: one file at a time through faster-whisper's pipeline --------------------------------------
+    def _ct2_audio(self, item, options: TranscribeOptions) -> np.ndarray:
+        # with VAD, a silent file is no error: it has no speech, so no text
+        return item[1] if isinstance(item, tuple) else load_audio(item, check_silence=not options.vad)
+
+    def _ct2_head(self, audio: np.ndarray, options: TranscribeOptions) -> Piece | None:
+        """The first 30 s (of speech, with VAD) that detection and routing look at; None when VAD finds no speech."""
+        n = int(WINDOW_SECONDS * SAMPLE_RATE)
+        if not options.vad:
+            return Piece(audio[:n], 0.0)
+        speech = _join(self._pieces(audio[: 4 * n], 0.0, options, split=False), 0.0)
+        return None if speech is None else Piece(speech.audio[:n], speech.offset, speech.spans)
+
+    def _ct2_detect(self, paths, options: TranscribeOptions, candidates) -> Iterator[Detection | FileError]:
+        for item in expand_inputs(paths):
+            try:
+                audio = self._ct2_audio(item, options)
+            except AudioError as e:
+                yield FileError(_name(item), str(e))
+                continue
+            head = self._ct2_head(audio, options)
+            probs = self.runtime.detect(head.audio, candidates) if head is not None else {}
+            top = next(iter(probs), None)
+            yield Detection(_name(item), top, probs.get(top), dict(list(probs.items())[: options.top_k]))
+
+    def _ct2_stream(self, item, options: TranscribeOptions) -> Iterator[Segment | Transcription | FileError]:
+        """One input on the ct2 runtime: detect on the first 30 s of speech (base model), route (adapter-consulted
+        detection on compiled adapters when the base is unsure), decode the whole input with faster-whisper's
+        ``transcribe`` on the routed model; segments come out as faster-whisper yields them."""
+        options.validate(self.base.languages)
+        name = _name(item)
+        try:
+            audio = self._ct2_audio(item, options)
+        except AudioError as e:
+            yield FileError(name, str(e))
+            return
+        duration = round(len(audio) / SAMPLE_RATE, 3)
+        head = self._ct2_head(audio, options)
+        if head is None:
+            yield self._result(item, [], [], duration, options, [])
+            return
+        unit = _Unit(0, head)
+        if not options.language:
+            unit.probs = self.runtime.detect(head.audio, self._candidates(options))
+        warnings: dict[int, list[str]] = {}
+        self._route_units([unit], options, warnings)
+        r = unit.route
+        segs: list[Segment] = []
+        length = len(audio) / SAMPLE_RATE
+        for raw in self.runtime.decode(audio, r.language, options, r.adapter):
+            if not raw["text"]:
+                continue
+            start = round(min(raw["start"], length), 3)
+            end = round(max(start, min(raw["end"], length)), 3)
+            words = None
+            if raw["words"] is not None:
+                words = [
+                    Word(round(min(max(w.start, start), end), 3), round(min(max(w.end, start), end), 3), w.word, w.probability)
+                    for w in raw["words"]
+                ]
+            seg = Segment(
+                start,
+                end,
+                raw["text"],
+                r.language,
+                r.probability,
+                r.adapter,
+                r.adapter is not None,  # a compiled adapter is merged into its model's weights
+                words,
+                raw["avg_logprob"],
+                raw["compression_ratio"],
+                raw["no_speech_prob"],
+                raw["temperature"],
+            )
+            segs.append(seg)
+            yield seg
+        yield self._result(item, [unit], segs, duration, options, warnings.get(0, []))
 
 
 def _join(pieces: list[Piece], offset: float) -> Piece | None:

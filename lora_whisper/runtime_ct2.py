@@ -1,0 +1,290 @@
+"""The CTranslate2 runtime: the base and compiled adapters decoded by faster-whisper's own ``WhisperModel``.
+
+Language detection runs on the base model (``WhisperModel.detect_language``); an adapter is compiled on first use
+(``compile.compile_adapter``: merged in float32, converted by CTranslate2's converter, cached in the registry) and
+kept resident in a small LRU of CTranslate2 models; decoding is ``WhisperModel.transcribe`` (sequential long-form,
+VAD, word timestamps, temperature fallback, initial prompt) or faster-whisper's ``BatchedInferencePipeline`` for the
+``batched`` long-form mode, with the project's options mapped one to one (``fw_options``).
+
+Nothing here imports torch or transformers; only compiling an adapter does (once per version, in ``compile.py``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .compile import Compiled, compile_adapter, find_compiled
+from .registry import AdapterRecord, Registry, RegistryError
+from .segments import WINDOW_SECONDS, Word
+
+logger = logging.getLogger("lora_whisper")
+
+SAMPLE_RATE = 16000
+
+
+@dataclass
+class _Identity:
+    hub_id: str
+    fingerprint: str | None
+
+    def to_dict(self) -> dict:
+        return {"hub_id": self.hub_id, "fingerprint": self.fingerprint}
+
+
+@dataclass
+class CT2Base:
+    """The base as the ct2 runtime needs it: its identity, its CTranslate2 folder, and the transformers folder that
+    adapters are merged into when they are compiled."""
+
+    identity: _Identity
+    path: Path
+    """Transformers folder of the base (merged into when compiling an adapter)."""
+    ct2_path: Path
+    """CTranslate2 folder of the base (what faster-whisper loads)."""
+    quantize: str = "int8"
+    """CTranslate2 compute type of every model of this runtime; also the weight type compiled adapters are stored in."""
+    device: str = "cpu"
+    languages: dict[str, int] = field(default_factory=dict)
+
+
+def ct2_quantization(quantize: str | None) -> str:
+    """The CLI's ``--quantize`` as a CTranslate2 type: auto/int8/dynamic -> int8, none -> float32."""
+    return "float32" if quantize == "none" else "int8"
+
+
+def load_ct2_base(name: str = "offline", quantize: str | None = "auto", device: str | None = None) -> CT2Base:
+    """The base for the ct2 runtime: ``offline`` uses the packaged CTranslate2 model as it is; any other base (a
+    transformers folder or a Hub id) is converted once by CTranslate2's converter and kept in the cache."""
+    from .base import OFFLINE, OFFLINE_HUB_ID, cache_dir, offline_base_path, offline_ct2_path, resolve_base
+    from .base import weights_fingerprint
+
+    quant = ct2_quantization(quantize)
+    device = "cuda" if str(device or "").startswith("cuda") else "cpu"
+    if name in (OFFLINE, "", None):
+        ct2_path = offline_ct2_path()
+        path, hub_id = offline_base_path(), OFFLINE_HUB_ID
+        fingerprint = weights_fingerprint(path)
+    else:
+        path, hub_id = resolve_base(name)
+        fingerprint = weights_fingerprint(path)
+        ct2_path = cache_dir() / "ct2-bases" / f"{fingerprint.removeprefix('sha256:')[:16]}-{quant}"
+        if not (ct2_path / "model.bin").is_file():
+            from .export import convert_ct2
+
+            tmp = ct2_path.with_name(ct2_path.name + f".tmp{os.getpid()}")
+            logger.info("converting base %s to CTranslate2 (%s, once) -> %s", name, quant, ct2_path)
+            convert_ct2(path, tmp, quant)
+            try:
+                os.replace(tmp, ct2_path) if not ct2_path.exists() else None
+            except OSError:
+                pass
+            shutil.rmtree(tmp, ignore_errors=True)
+    return CT2Base(_Identity(hub_id, fingerprint), Path(path), Path(ct2_path), quant, device)
+
+
+def fw_options(options, language: str | None) -> dict:
+    """The project's decoding options as faster-whisper's ``transcribe`` arguments (one to one)."""
+    o = options
+    return dict(
+        language=language,
+        task=o.task,
+        beam_size=o.beam_size,
+        temperature=list(o.temperature),
+        compression_ratio_threshold=o.compression_ratio_threshold,
+        log_prob_threshold=o.logprob_threshold,
+        no_speech_threshold=o.no_speech_threshold,
+        condition_on_previous_text=o.condition_on_previous_text,
+        initial_prompt=o.initial_prompt,
+        word_timestamps=o.word_timestamps,
+        max_new_tokens=o.max_new_tokens,
+        vad_filter=bool(getattr(o, "vad", False)),
+    )
+
+
+class CT2Runtime:
+    """Detect, decode, load/unload an adapter, on CTranslate2 models through faster-whisper.
+
+    Args:
+        base: from ``load_ct2_base``.
+        registry: where adapters (and their compiled copies) live.
+        cache_size: compiled adapter models kept resident (least recently used dropped; the base is always kept).
+        threads: CPU threads per model (0: CTranslate2's default).
+    """
+
+    kind = "ct2"
+
+    def __init__(self, base: CT2Base, registry: Registry | None = None, cache_size: int = 4, threads: int = 0):
+        from faster_whisper import WhisperModel
+
+        self.base = base
+        self.registry = registry
+        self.cache_size = max(1, cache_size)
+        self.threads = threads
+        self._WhisperModel = WhisperModel
+        self.model = self._load_model(base.ct2_path)
+        self.base.languages = self._languages(self.model)
+        self.models: OrderedDict[str, tuple[object, Compiled]] = OrderedDict()
+        self.extra: dict[str, AdapterRecord] = {}
+        self._failed: dict[str, str] = {}
+        self.stats = {"loads": 0, "evictions": 0, "compiles": 0, "load_ms": []}
+
+    @property
+    def languages(self) -> dict[str, int]:
+        return self.base.languages
+
+    def _load_model(self, path: Path):
+        return self._WhisperModel(
+            str(path), device=self.base.device, compute_type=self.base.quantize, cpu_threads=self.threads
+        )
+
+    @staticmethod
+    def _languages(model) -> dict[str, int]:
+        if not model.model.is_multilingual:
+            return {}
+        tok = model.hf_tokenizer
+        out = {}
+        for code in model.supported_languages:
+            i = tok.token_to_id(f"<|{code}|>")
+            if i is not None:
+                out[code] = i
+        return out
+
+    # ---- adapters -----------------------------------------------------------------------------------------------
+    def record(self, ref: str) -> AdapterRecord:
+        if ref in self.extra:
+            return self.extra[ref]
+        if self.registry is None:
+            raise RegistryError(f"adapter {ref!r}: no registry")
+        return self.registry.get(ref)
+
+    def add(self, record: AdapterRecord) -> None:
+        self.extra[record.ref] = record
+
+    def compile(self, record: AdapterRecord, force: bool = False) -> Compiled:
+        """The compiled copy of ``record`` for this base and weight type (built when missing)."""
+        if not force:
+            hit = find_compiled(record, self.base.identity.fingerprint, self.base.quantize)
+            if hit is not None:
+                return hit
+        c = compile_adapter(
+            record,
+            self.base.path,
+            self.base.identity.to_dict(),
+            self.base.quantize,
+            tokenizer_from=self.base.ct2_path,
+            force=force,
+        )
+        self.stats["compiles"] += c.built
+        return c
+
+    def load(self, record: AdapterRecord):
+        """Make the compiled model of ``record`` resident (compiling it first if needed); returns the model."""
+        ref = record.ref
+        if ref in self.models:
+            model, compiled = self.models[ref]
+            if compiled.path.is_dir() and compiled.key.startswith(f"v{record.version}-"):
+                from .compile import compile_key
+
+                if compile_key(record, self.base.identity.fingerprint, self.base.quantize) == compiled.key:
+                    self.models.move_to_end(ref)
+                    return model
+            del self.models[ref]  # re-filed since it was loaded: load the new build
+        try:
+            compiled = self.compile(record)
+            t = time.perf_counter()
+            model = self._load_model(compiled.path)
+        except RegistryError:
+            raise
+        except Exception as e:  # noqa: BLE001 - converter / CTranslate2 raise many kinds; one line
+            raise RegistryError(
+                f"adapter {ref}: cannot compile or load for the ct2 runtime "
+                f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})"
+            ) from e
+        self.stats["load_ms"].append(round(1000 * (time.perf_counter() - t), 1))
+        self.stats["loads"] += 1
+        self.models[ref] = (model, compiled)
+        while len(self.models) > self.cache_size:
+            old, _ = self.models.popitem(last=False)
+            self.stats["evictions"] += 1
+            logger.debug("ct2 runtime: dropped %s (cache size %d)", old, self.cache_size)
+        return model
+
+    def unload(self, ref: str) -> None:
+        self.models.pop(ref, None)
+
+    def resolve(self, ref: str) -> tuple[AdapterRecord | None, str | None]:
+        """Find, compile and load an adapter; on failure (None, warning) so the run goes on with the base."""
+        if ref in self._failed:
+            return None, self._failed[ref]
+        try:
+            rec = self.record(ref)
+            self.load(rec)
+            return rec, None
+        except RegistryError as e:
+            msg = f"{e}; using the base instead"
+            self._failed[ref] = msg
+            logger.warning(msg)
+            return None, msg
+
+    def forget_failures(self) -> None:
+        self._failed.clear()
+
+    def model_for(self, ref: str | None):
+        if ref is None:
+            return self.model
+        return self.load(self.record(ref))
+
+    # ---- detect / decode ------------------------------------------------------------------------------------------
+    def detect(self, audio: np.ndarray, candidates: list[str] | None = None, adapter: str | None = None) -> dict:
+        """Language probabilities (sorted, highest first) from the first 30 s of ``audio``, on the base or an adapter's
+        compiled model; restricted to ``candidates`` (renormalised: the softmax over their logits) when given."""
+        if not self.languages:
+            return {}
+        model = self.model_for(adapter)
+        head = np.ascontiguousarray(audio[: int(WINDOW_SECONDS * SAMPLE_RATE)], dtype=np.float32)
+        _lang, _p, all_probs = model.detect_language(audio=head)
+        probs = {k: float(v) for k, v in all_probs if k in self.languages}
+        if candidates:
+            keep = {k: v for k, v in probs.items() if k in candidates}
+            if keep:
+                total = sum(keep.values()) or 1.0
+                probs = {k: v / total for k, v in keep.items()}
+        return dict(sorted(probs.items(), key=lambda kv: -kv[1]))
+
+    def decode(
+        self, audio: np.ndarray, language: str | None, options, adapter: str | None = None
+    ) -> Iterator[dict]:
+        """Raw segments of ``audio`` (times in seconds from its start), as faster-whisper decodes them (lazily)."""
+        model = self.model_for(adapter)
+        kw = fw_options(options, language)
+        audio = np.ascontiguousarray(audio, dtype=np.float32)
+        if getattr(options, "long_form", "sequential") == "batched":
+            from faster_whisper import BatchedInferencePipeline
+
+            kw.update(vad_filter=True, temperature=kw["temperature"][:1], batch_size=options.batch_size)
+            kw.pop("condition_on_previous_text")
+            segments, _info = BatchedInferencePipeline(model).transcribe(audio, **kw)
+        else:
+            segments, _info = model.transcribe(audio, **kw)
+        for s in segments:
+            yield {
+                "start": float(s.start),
+                "end": float(s.end),
+                "text": s.text.strip(),
+                "avg_logprob": s.avg_logprob,
+                "compression_ratio": s.compression_ratio,
+                "no_speech_prob": s.no_speech_prob,
+                "temperature": s.temperature,
+                "words": None
+                if s.words is None
+                else [Word(float(w.start), float(w.end), w.word, float(w.probability)) for w in s.words],
+            }
