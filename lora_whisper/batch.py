@@ -118,6 +118,10 @@ class EngineSpec:
     """Adapter registry folder (None: the base only)."""
     cache_size: int = 4
     """Resident adapters per actor (LRU)."""
+    runtime: str = "torch"
+    """``torch``, ``ct2`` or ``auto`` (ct2 on an actor without a GPU, torch with one); see ``runtime.py``."""
+    threads: int = 0
+    """CPU threads per actor's engine (0: the runtime's default)."""
 
 
 @dataclass
@@ -423,17 +427,23 @@ class _Worker:
     """spec (EngineSpec as a dict), options (TranscribeOptions as a dict), mode (transcribe | detect), fault."""
 
     def __init__(self):
-        from .base import load_base, quiet_libraries
-        from .engine import Engine, TranscribeOptions
+        from .engine import TranscribeOptions
         from .registry import Registry
+        from .runtime import build_engine
 
         spec, options = self.settings["spec"], self.settings["options"]
         mode, fault = self.settings.get("mode", "transcribe"), self.settings.get("fault")
-        quiet_libraries()
         logging.getLogger("lora_whisper").setLevel(logging.WARNING)
         s = EngineSpec(**spec)
-        base = load_base(s.base, s.quantize, s.device)
-        self.engine = Engine(base, Registry(s.registry) if s.registry else None, cache_size=s.cache_size)
+        self.engine = build_engine(
+            s.base,
+            s.quantize,
+            s.device,
+            Registry(s.registry) if s.registry else None,
+            cache_size=s.cache_size,
+            runtime=s.runtime,
+            threads=s.threads,
+        )
         self.options = TranscribeOptions(**options)
         self.mode = mode
         self.fault = fault
@@ -990,7 +1000,17 @@ def batch(
         device=o.get("device"),
         registry=registry if Path(registry).is_dir() else None,
         cache_size=o.get("cache_size", 4),
+        runtime=o.get("runtime", "auto"),
+        threads=o.get("threads", 0),
     )
+    from .runtime import TorchOnlyError, check_runtime_options, resolve_runtime, torch_only
+
+    if spec.runtime == "auto" and (num_gpus_per_worker or torch_only(topts)):
+        spec.runtime = "torch"  # the actors have GPUs, or the options need torch
+    try:
+        check_runtime_options(resolve_runtime(spec.runtime, spec.device), topts)
+    except TorchOnlyError as e:
+        raise click.ClickException(str(e)) from e
     options = BatchOptions(
         out=Path(out_dir),
         fmt=fmt,

@@ -33,13 +33,32 @@ def _registry(ctx):
     return Registry(ctx.obj["registry"])
 
 
-def _engine(ctx, quantize: str | None = None):
-    from .base import load_base
-    from .engine import Engine
+def _runtime_kind(ctx, options=None) -> str:
+    from .runtime import resolve_runtime
+
+    return resolve_runtime(ctx.obj.get("runtime", "auto"), ctx.obj.get("device"), options)
+
+
+def _engine(ctx, quantize: str | None = None, options=None):
+    """The engine over the runtime the global options ask for (``--runtime``; auto: ct2 on CPU, torch on CUDA)."""
+    from .base import BaseModelError
+    from .registry import RegistryError
+    from .runtime import build_engine
 
     o = ctx.obj
-    base = load_base(o["base"], quantize or o["quantize"], o["device"])
-    return Engine(base, _registry(ctx), cache_size=o["cache_size"])
+    try:
+        return build_engine(
+            o["base"],
+            quantize or o["quantize"],
+            o["device"],
+            _registry(ctx),
+            cache_size=o["cache_size"],
+            runtime=o.get("runtime", "auto"),
+            threads=o.get("threads", 0),
+            options=options,
+        )
+    except (BaseModelError, RegistryError) as e:
+        _fail(str(e).splitlines()[0])
 
 
 def _csv(value: str | None) -> list[str] | None:
@@ -84,20 +103,41 @@ def _progress(total: int, desc: str):
     "(float32). auto: training as the recipe says, inference 8-bit on CUDA and float32 on CPU.",
 )
 @click.option("--device", default=None, help="cpu or cuda (default: cuda when available).")
-@click.option("--cache-size", default=4, show_default=True, help="Adapters kept resident (LRU).")
+@click.option(
+    "--runtime",
+    type=click.Choice(["auto", "torch", "ct2"]),
+    default="auto",
+    show_default=True,
+    envvar="LORA_WHISPER_RUNTIME",
+    help="Inference runtime (env LORA_WHISPER_RUNTIME). ct2: CTranslate2 through faster-whisper, adapters compiled "
+    "on first use (merged, int8 with --quantize auto/int8, float32 with none). torch: transformers + peft; needed "
+    "for --merge, --combine, --batching mixed, --route per-segment (hot swap without merging). auto: ct2 on CPU, "
+    "torch on CUDA or when a torch-only option is given. Training always runs on torch.",
+)
+@click.option("--threads", default=0, show_default=True, help="CPU threads for inference (0: the runtime's default).")
+@click.option(
+    "--cache-size",
+    default=4,
+    show_default=True,
+    help="Adapters kept resident (LRU): peft adapters on torch, compiled models on ct2.",
+)
 @click.option("-v", "--verbose", count=True, help="-v info, -vv debug.")
 @click.pass_context
-def main(ctx, registry, base, quantize, device, cache_size, verbose):
-    """lora-whisper: LoRA adapters for Whisper, per language and domain."""
-    _setup_logging(verbose)
-    from .base import quiet_libraries
+def main(ctx, registry, base, quantize, device, runtime, threads, cache_size, verbose):
+    """lora-whisper: LoRA adapters for Whisper, per language and domain.
 
-    quiet_libraries()
+    Inference runs on CTranslate2 (faster-whisper's pipeline) on CPU and on torch on CUDA; see --runtime.
+    """
+    _setup_logging(verbose)
+    # torch's libraries are quieted where they load (base.load_model, runtime.build_engine): a ct2 run never
+    # imports them
     ctx.obj = dict(
         registry=registry,
         base=base,
         quantize=quantize,  # "auto" is resolved where the base loads (base.resolve_quantize)
         device=device,
+        runtime=runtime,
+        threads=threads,
         cache_size=cache_size,
         quantize_given=quantize != "auto",
     )
@@ -202,19 +242,32 @@ def _parse_temperature(value: str) -> tuple[float, ...]:
     return temps
 
 
+def _language_codes() -> set[str]:
+    """Whisper's language codes, without importing transformers when faster-whisper is there (ct2 runs)."""
+    try:
+        from faster_whisper.tokenizer import _LANGUAGE_CODES
+
+        return set(_LANGUAGE_CODES)
+    except ImportError:  # pragma: no cover - faster-whisper is a dependency
+        from transformers.models.whisper.tokenization_whisper import LANGUAGES
+
+        return set(LANGUAGES)
+
+
 def _check_languages(codes: list[str | None], flag: str) -> None:
     """Whisper's language codes (names too, as openai-whisper accepts), checked before any model loads."""
-    from transformers.models.whisper.tokenization_whisper import LANGUAGES
-
+    known = _language_codes()
     for c in codes:
-        if c is not None and c not in LANGUAGES:
-            _fail(f"{flag} {c!r} is not a Whisper language code; choose from: {', '.join(sorted(LANGUAGES))}")
+        if c is not None and c not in known:
+            _fail(f"{flag} {c!r} is not a Whisper language code; choose from: {', '.join(sorted(known))}")
 
 
 def _normalize_language(code: str | None) -> str | None:
     if code is None:
         return None
-    from transformers.models.whisper.tokenization_whisper import TO_LANGUAGE_CODE
+    if code.lower() in _language_codes():
+        return code.lower()
+    from transformers.models.whisper.tokenization_whisper import TO_LANGUAGE_CODE  # names: "french" -> "fr"
 
     return TO_LANGUAGE_CODE.get(code.lower(), code.lower())
 
@@ -245,6 +298,9 @@ def _build_options(ctx, *, language=None, languages=None, adapter="auto", temper
     )
     try:
         options.validate()
+        from .runtime import check_runtime_options
+
+        check_runtime_options(_runtime_kind(ctx, options), options)
     except ValueError as e:
         _fail(str(e))
     return options
@@ -265,20 +321,25 @@ def _build_options(ctx, *, language=None, languages=None, adapter="auto", temper
     type=click.Choice(["per-file", "per-segment"]),
     default="per-file",
     show_default=True,
-    help="per-file: detect on the first 30 s of speech; per-segment: detect and route every VAD segment.",
+    help="per-file: detect on the first 30 s of speech; per-segment: detect and route every VAD segment (torch "
+    "runtime only).",
 )
 @click.option("--threshold", default=0.5, show_default=True, help="Minimum language probability to use an adapter.")
 @click.option("--batch-size", default=8, show_default=True)
 @_decoding_options
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None, help="Write FILE.<format> here.")
 @click.option(
-    "--merge", is_flag=True, help="Merge each adapter into the weights while it is used (fp32 copy if 8-bit)."
+    "--merge",
+    is_flag=True,
+    help="Merge each adapter into the weights while it is used (fp32 copy if 8-bit). Torch runtime only (ct2 "
+    "adapters are always compiled merged).",
 )
 @click.option(
     "--combine",
     type=click.Choice(["linear", "cat", "ties"]),
     default=None,
-    help="With --domain: combine the language adapter and the domain adapter (peft add_weighted_adapter).",
+    help="With --domain: combine the language adapter and the domain adapter (peft add_weighted_adapter). "
+    "Torch runtime only.",
 )
 @click.option(
     "--combine-weights", default="1,1", show_default=True, help="Weights of the language and domain adapters."
@@ -288,7 +349,8 @@ def _build_options(ctx, *, language=None, languages=None, adapter="auto", temper
     type=click.Choice(["grouped", "mixed"]),
     default="grouped",
     show_default=True,
-    help="One generate call per adapter, or rows of several adapters in one call (peft adapter_names).",
+    help="One generate call per adapter, or rows of several adapters in one call (peft adapter_names; torch "
+    "runtime only).",
 )
 @click.option(
     "--consult-below",
@@ -315,7 +377,7 @@ def transcribe(ctx, paths, fmt, route_mode, out_dir, combine_weights, verbose_ro
         _fail(f"--combine-weights {combine_weights!r}: give two numbers, e.g. 0.7,0.3")
     kw["domain"] = _csv(kw["domain"])
     options = _build_options(ctx, per_segment=route_mode == "per-segment", combine_weights=weights, **kw)
-    engine = _engine(ctx)
+    engine = _engine(ctx, options=options)
     from .audio import expand_inputs
 
     files = expand_inputs(list(paths))
@@ -436,8 +498,11 @@ def _print_scores(report) -> None:
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 @click.pass_context
 def train(ctx, language, domain, recipe_path, overrides, resume, no_progress):
-    """Train a LoRA adapter on the frozen base and file it in the registry."""
+    """Train a LoRA adapter on the frozen base and file it in the registry (always on the torch runtime)."""
+    from .base import quiet_libraries
     from .config import RecipeError, find_recipe, load_recipe
+
+    quiet_libraries()
 
     if recipe_path is None:
         if not language:
@@ -523,7 +588,7 @@ def export_cmd(ctx, ref, out_dir, ct2, ct2_quantization):
 # ---- registry -------------------------------------------------------------------------------------------------
 @main.group()
 def adapters():
-    """The adapter registry: list, show, rm, import, export, activate."""
+    """The adapter registry: list, show, rm, import, export, activate, compile."""
 
 
 def _registry_call(fn, *args, **kw):
@@ -536,23 +601,43 @@ def _registry_call(fn, *args, **kw):
         _fail(str(e))
 
 
+def _threshold(record) -> str:
+    t = (getattr(record, "calibration", None) or {}).get("threshold")
+    return f"{t:.2f}" if isinstance(t, (int, float)) and not isinstance(t, bool) else "-"
+
+
+def _compiled(record) -> list:
+    from .compile import list_compiled
+
+    try:
+        return list_compiled(record)
+    except OSError:
+        return []
+
+
 @adapters.command("list")
 @click.option("--all", "show_all", is_flag=True, help="Every version, not only the active ones.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @click.pass_context
 def adapters_list(ctx, show_all, fmt):
-    """A table of the adapters (problems found are listed on stderr)."""
+    """A table of the adapters (problems found are listed on stderr).
+
+    ``threshold`` is the routing calibration recorded at training; ``compiled`` the weight types the adapter is
+    compiled to for the ct2 runtime (``adapters compile``; built on first use otherwise).
+    """
     records, problems = _registry(ctx).scan()
     records = records if show_all else [r for r in records if r.active]
     for p in problems:
         click.echo(f"warning: skipped {p.path}: {p.message}", err=True)
     if fmt == "json":
         for r in records:
-            click.echo(json.dumps(r.to_dict(), ensure_ascii=False, default=str))
+            d = r.to_dict()
+            d["compiled"] = [c.to_dict() for c in _compiled(r)]
+            click.echo(json.dumps(d, ensure_ascii=False, default=str))
         return
     head = (
         f"{'name':<22}{'ver':>4} {'act':<4}{'lang':<6}{'domain':<12}{'scope':<17}{'r':>4}{'WER before':>12}"
-        f"{'WER after':>11}  {'measured on':<36}{'routing':<10}base"
+        f"{'WER after':>11}  {'measured on':<36}{'routing':<10}{'threshold':<10}{'compiled':<14}base"
     )
     click.echo(head)
     for r in records:
@@ -560,14 +645,40 @@ def adapters_list(ctx, show_all, fmt):
         wb, wa = (m.get("before") or {}).get("wer"), (m.get("after") or {}).get("wer")
         fmt_w = lambda x: f"{x:.3f}" if isinstance(x, (int, float)) else "-"  # noqa: E731
         routing = "inactive" if r.inactive_reason else ("auto" if r.active else "-")
+        compiled = ",".join(sorted({c.quantization for c in _compiled(r)})) or "-"
         click.echo(
             f"{r.name:<22}{r.version:>4} {'*' if r.active else '':<4}{r.language:<6}{r.domain or '-':<12}"
             f"{r.lora.get('scope', '-'):<17}{str(r.lora.get('r', '-')):>4}{fmt_w(wb):>12}{fmt_w(wa):>11}  "
-            f"{r.figures:<36}{routing:<10}{r.base.get('hub_id')}"
+            f"{r.figures:<36}{routing:<10}{_threshold(r):<10}{compiled:<14}{r.base.get('hub_id')}"
         )
     for r in records:
         if r.inactive_reason:
             click.echo(f"{r.ref} is inactive: {r.inactive_reason}; routing skips it, --adapter {r.name} forces it")
+
+
+@adapters.command("compile")
+@click.argument("refs", nargs=-1, required=True)
+@click.option("--force", is_flag=True, help="Build again even when a compiled copy exists.")
+@click.pass_context
+def adapters_compile(ctx, refs, force):
+    """Compile NAME[@VERSION] for the ct2 runtime ahead of use: merged into the base in float32, converted by
+    CTranslate2 (int8; float32 with --quantize none), kept in the registry beside that version."""
+    from .base import BaseModelError
+    from .compile import compile_adapter
+    from .runtime_ct2 import load_ct2_base
+
+    reg = _registry(ctx)
+    records = [_registry_call(reg.get, ref) for ref in refs]
+    try:
+        b = load_ct2_base(ctx.obj["base"], ctx.obj["quantize"], ctx.obj["device"])
+    except BaseModelError as e:
+        _fail(str(e).splitlines()[0])
+    for rec in records:
+        c = _registry_call(
+            compile_adapter, rec, b.path, b.identity.to_dict(), b.quantize, tokenizer_from=b.ct2_path, force=force
+        )
+        how = f"compiled in {c.seconds:.1f} s" if c.built else "already compiled"
+        click.echo(f"{rec.ref}\t{c.quantization}\t{how}\t{c.path}")
 
 
 @adapters.command("show")

@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import shutil
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -32,6 +33,9 @@ logger = logging.getLogger("lora_whisper")
 
 COMPILED_DIR = ".compiled"
 META_FILE = "lora_whisper_compiled.json"
+_BUILD_LOCK = threading.Lock()
+"""One build at a time in a process (transformers' model loading is not thread-safe); across processes the rename
+decides."""
 QUANTIZATIONS = ("int8", "int8_float32", "int16", "float16", "float32")
 """CTranslate2 weight types a compiled adapter may be stored in (``int8`` by default)."""
 
@@ -147,6 +151,13 @@ def compile_adapter(
     fingerprint = identity.get("fingerprint")
     if not force and (hit := find_compiled(record, fingerprint, quantization)) is not None:
         return hit
+    with _BUILD_LOCK:
+        if not force and (hit := find_compiled(record, fingerprint, quantization)) is not None:
+            return hit  # another thread built it while this one waited
+        return _build(record, base_path, identity, fingerprint, quantization, tokenizer_from, force)
+
+
+def _build(record, base_path, identity, fingerprint, quantization, tokenizer_from, force) -> Compiled:
     key = compile_key(record, fingerprint, quantization)
     root = compiled_root(record)
     dest = root / key

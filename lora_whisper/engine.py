@@ -807,7 +807,7 @@ class Engine:
                 r.language,
                 r.probability,
                 r.adapter,
-                r.adapter is not None,  # a compiled adapter is merged into its model's weights
+                False,  # ``merged`` reports --merge (torch); a compiled adapter's merge is how ct2 runs every adapter
                 words,
                 raw["avg_logprob"],
                 raw["compression_ratio"],

@@ -61,13 +61,32 @@ def cuda_available() -> bool:
         return False
 
 
-def resolve_runtime(runtime: str | None, device: str | None = None) -> str:
-    """``auto`` -> ``torch`` on CUDA (asked for, or visible with no device given), else ``ct2``."""
+def torch_only(options) -> str | None:
+    """The first torch-only feature ``options`` (TranscribeOptions, or a dict of its fields) asks for, as the user
+    spells it (``--merge``), or None."""
+    if options is None:
+        return None
+    get = options.get if isinstance(options, dict) else (lambda k, d=None: getattr(options, k, d))
+    for name, flag in TORCH_ONLY.items():
+        value = get(name, None)
+        if name == "batching":
+            value = value == "mixed"
+        if value:
+            return flag
+    return None
+
+
+def resolve_runtime(runtime: str | None, device: str | None = None, options=None) -> str:
+    """``auto`` -> ``torch`` on CUDA (asked for, or visible with no device given) or when ``options`` ask for a
+    torch-only feature, else ``ct2``. An explicit choice is kept (``check_runtime_options`` then says what is
+    missing)."""
     runtime = (runtime or "auto").lower()
     if runtime not in RUNTIMES:
         raise ValueError(f"runtime {runtime!r} is not one of {list(RUNTIMES)}")
     if runtime != "auto":
         return runtime
+    if torch_only(options):
+        return "torch"
     device = (device or "auto").lower()
     if device.startswith("cuda"):
         return "torch"
@@ -80,12 +99,9 @@ def check_runtime_options(kind: str, options) -> None:
     """Raise TorchOnlyError (one line) when a ct2 run asks for a torch-only feature."""
     if kind != "ct2":
         return
-    for name, flag in TORCH_ONLY.items():
-        value = getattr(options, name, None)
-        if name == "batching":
-            value = value == "mixed"
-        if value:
-            raise TorchOnlyError(f"{flag} needs the torch runtime (the ct2 runtime has no such feature): use --runtime torch")
+    flag = torch_only(options)
+    if flag:
+        raise TorchOnlyError(f"{flag} needs the torch runtime (the ct2 runtime has no such feature): use --runtime torch")
 
 
 class TorchRuntime:
@@ -153,11 +169,12 @@ def build_engine(
     cache_size: int = 4,
     runtime: str = "auto",
     threads: int = 0,
+    options=None,
 ):
-    """An Engine over the runtime asked for (``auto``: ct2 on CPU, torch on CUDA)."""
+    """An Engine over the runtime asked for (``auto``: ct2 on CPU, torch on CUDA or when ``options`` need torch)."""
     from .engine import Engine
 
-    kind = resolve_runtime(runtime, device)
+    kind = resolve_runtime(runtime, device, options)
     if kind == "ct2":
         from .runtime_ct2 import CT2Runtime, load_ct2_base
 

@@ -896,9 +896,8 @@ def serve(
     settings,
 ):
     """OpenAI-compatible /v1/audio/transcriptions server with model=auto routing."""
-    from .base import load_base
-    from .engine import Engine
     from .registry import Registry
+    from .runtime import build_engine
 
     key = os.environ.get(API_KEY_ENV) or None
     if api_key_file:
@@ -924,10 +923,18 @@ def serve(
         access_log=not no_access_log,
     )
     try:
-        base = load_base(o.get("base", "offline"), o.get("quantize", "int8"), o.get("device"))
+        engine = build_engine(
+            o.get("base", "offline"),
+            o.get("quantize", "int8"),
+            o.get("device"),
+            Registry(o.get("registry") or "adapters"),
+            cache_size=o.get("cache_size", 4),
+            runtime=o.get("runtime", "auto"),
+            threads=o.get("threads", 0),
+            options=defaults,
+        )
     except Exception as e:  # noqa: BLE001 - one line, not a traceback
         raise click.ClickException(f"cannot load base {o.get('base', 'offline')!r}: {e}") from e
-    engine = Engine(base, Registry(o.get("registry") or "adapters"), cache_size=o.get("cache_size", 4))
     if not key:
         click.echo(
             f"lora-whisper serve: no API key ({API_KEY_ENV} / --api-key-file): open access, admin endpoints off",

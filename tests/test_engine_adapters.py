@@ -211,7 +211,8 @@ def test_cli_merge_combine_and_domain_list(tiny_model_dir, reg, wavs):
     from lora_whisper.cli import main
 
     def run(*extra):
-        args = ["--base", str(tiny_model_dir), "--quantize", "none", "--registry", str(reg.root), "transcribe"]
+        args = ["--base", str(tiny_model_dir), "--quantize", "none", "--registry", str(reg.root)]
+        args += ["--runtime", "torch", "transcribe"]  # hot swap, merge, combine, mixed batches: the torch runtime
         res = CliRunner().invoke(
             main,
             [

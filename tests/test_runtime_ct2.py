@@ -1,0 +1,190 @@
+"""The CTranslate2 runtime on the tiny random Whisper: decode equal to faster-whisper on the same converted folder,
+compiled adapters (cache hit, rebuild after re-filing, concurrent compiles), torch-only options, no torch import."""
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import file_adapter
+
+from lora_whisper.compile import COMPILED_DIR, compile_adapter, find_compiled, list_compiled
+from lora_whisper.engine import TranscribeOptions
+from lora_whisper.registry import Registry
+from lora_whisper.runtime import TorchOnlyError, build_engine, resolve_runtime
+from lora_whisper.runtime_ct2 import fw_options, load_ct2_base
+
+OPTS = dict(max_new_tokens=8, temperature=(0.0,))  # a random tiny model fails every fallback check: stay greedy
+
+
+@pytest.fixture()
+def reg(tmp_path, tiny_adapter_factory):
+    r = Registry(tmp_path / "adapters")
+    fp = tiny_adapter_factory.fingerprint
+    file_adapter(r, tiny_adapter_factory("encoder+decoder", 1), "fr", "fr", fingerprint=fp)
+    file_adapter(r, tiny_adapter_factory("decoder", 3), "de", "de", fingerprint=fp, scope="decoder")
+    return r
+
+
+@pytest.fixture()
+def engine(tiny_model_dir, reg):
+    return build_engine(str(tiny_model_dir), "auto", "cpu", reg, cache_size=1, runtime="ct2")
+
+
+def _fw(folder, audio, language, **opts):
+    from faster_whisper import WhisperModel
+
+    model = WhisperModel(str(folder), device="cpu", compute_type="int8")
+    segments, _ = model.transcribe(audio, **fw_options(TranscribeOptions(**opts), language))
+    return " ".join(s.text.strip() for s in segments if s.text.strip())
+
+
+def test_auto_runtime_is_ct2_on_cpu_and_torch_for_torch_only_options():
+    assert resolve_runtime("auto", "cpu") == "ct2" and resolve_runtime("auto", "cuda:0") == "torch"
+    assert resolve_runtime("auto", "cpu", TranscribeOptions(merge=True)) == "torch"
+    assert resolve_runtime("ct2", "cuda") == "ct2"
+
+
+def test_decode_equals_faster_whisper_on_the_converted_folder(engine, wavs):
+    from lora_whisper.audio import load_audio
+
+    assert engine.runtime.kind == "ct2" and engine.base.languages
+    files = [wavs["good"], wavs["mp3"]]
+    results = list(engine.transcribe(files, TranscribeOptions(language="fr", adapter="none", **OPTS)))
+    for f, r in zip(files, results):
+        want = _fw(engine.runtime.base.ct2_path, load_audio(f), "fr", **OPTS)
+        assert r.text == want and r.adapter is None and r.language == "fr"
+        assert {"file", "text", "language", "language_probability", "adapter", "merged"} <= set(r.to_dict())
+    # detection: the base's probabilities, restricted and renormalised over candidates
+    (det,) = engine.detect([wavs["good"]], TranscribeOptions(languages=["fr", "de"], adapter="none"))
+    assert set(det.languages) == {"fr", "de"} and abs(sum(det.languages.values()) - 1) < 1e-5
+    # errors are rows, as on torch
+    bad = list(engine.transcribe([wavs["empty"]], TranscribeOptions(**OPTS)))
+    assert bad[0].error.endswith("empty file")
+
+
+def test_routed_adapter_is_compiled_once_and_decodes_as_the_compiled_folder(engine, reg, wavs):
+    from lora_whisper.audio import load_audio
+
+    (r,) = engine.transcribe([wavs["good"]], TranscribeOptions(language="fr", **OPTS))
+    assert r.adapter == "fr@1" and r.segments and all(s.adapter == "fr@1" for s in r.segments)
+    rec = reg.get("fr")
+    (c,) = list_compiled(rec)
+    assert c.path.parent.parent.name == COMPILED_DIR and c.path.parent.name == "v1"
+    assert not any(p.suffix in (".pt", ".pkl", ".pth") for p in c.path.rglob("*"))
+    assert r.text == _fw(c.path, load_audio(wavs["good"]), "fr", **OPTS)
+    (base,) = engine.transcribe([wavs["good"]], TranscribeOptions(language="fr", adapter="none", **OPTS))
+    assert base.text != r.text  # the adapter is really applied
+    # cache size 1: a second adapter evicts the first; both still work
+    (d,) = engine.transcribe([wavs["good"]], TranscribeOptions(language="de", **OPTS))
+    assert d.adapter == "de@1" and list(engine.runtime.models) == ["de@1"]
+    assert engine.runtime.stats["evictions"] == 1 and engine.runtime.stats["compiles"] == 2
+
+
+def test_compile_cache_hit_rebuild_after_refiling(tiny_model_dir, reg, tiny_adapter_factory):
+    b = load_ct2_base(str(tiny_model_dir), "auto", "cpu")
+    rec = reg.get("fr")
+    first = compile_adapter(rec, b.path, b.identity.to_dict(), tokenizer_from=b.ct2_path)
+    again = compile_adapter(rec, b.path, b.identity.to_dict(), tokenizer_from=b.ct2_path)
+    assert first.built and not again.built and again.path == first.path
+    assert json.loads((first.path / "lora_whisper_compiled.json").read_text())["adapter"] == "fr@1"
+    # re-filed: same name and version number, other weights -> another key, built again, the stale build dropped
+    reg.remove("fr")
+    file_adapter(reg, tiny_adapter_factory("encoder+decoder", 7), "fr", "fr", fingerprint=tiny_adapter_factory.fingerprint)
+    rec2 = reg.get("fr")
+    assert rec2.version == 1 and find_compiled(rec2, b.identity.fingerprint, "int8") is None
+    third = compile_adapter(rec2, b.path, b.identity.to_dict(), tokenizer_from=b.ct2_path)
+    assert third.built and third.key != first.key and third.path.is_dir()
+    assert reg.get("fr").ref == "fr@1"  # the registry still reads the version (compiled copies are beside it)
+    reg.remove("de@1")
+    assert [r.ref for r in reg.list()] == ["fr@1"]
+
+
+def test_two_concurrent_compiles_leave_one_good_copy(tiny_model_dir, reg):
+    """Two processes (and two threads) compile the same adapter at once: one copy, both use it."""
+    b = load_ct2_base(str(tiny_model_dir), "auto", "cpu")
+    rec = reg.get("de")
+    code = f"""
+from lora_whisper.registry import Registry
+from lora_whisper.compile import compile_adapter
+rec = Registry({str(reg.root)!r}).get("de")
+c = compile_adapter(rec, {str(b.path)!r}, {b.identity.to_dict()!r}, tokenizer_from={str(b.ct2_path)!r})
+print(c.path, c.built)
+"""
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=300)[0].split() for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    assert outs[0][0] == outs[1][0]
+    path = Path(outs[0][0])
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # one copy, no temporary folder left
+    assert (path / "model.bin").is_file() and (path / "tokenizer.json").is_file()
+    threads_out = []
+    threads = [
+        threading.Thread(
+            target=lambda: threads_out.append(
+                compile_adapter(rec, b.path, b.identity.to_dict(), tokenizer_from=b.ct2_path)
+            )
+        )
+        for _ in range(2)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [c.path for c in threads_out] == [path, path] and not any(c.built for c in threads_out)
+
+
+def test_torch_only_option_on_ct2_is_one_clear_line(tiny_model_dir, reg, wavs, engine):
+    from click.testing import CliRunner
+
+    from lora_whisper.cli import main
+
+    with pytest.raises(TorchOnlyError, match="--merge needs the torch runtime.*--runtime torch"):
+        list(engine.transcribe([wavs["good"]], TranscribeOptions(merge=True)))
+    for extra in (["--merge"], ["--batching", "mixed"], ["--combine", "linear", "--domain", "medical"]):
+        args = ["--base", str(tiny_model_dir), "--registry", str(reg.root), "--runtime", "ct2", "transcribe"]
+        res = CliRunner().invoke(main, [*args, *extra, str(wavs["good"])])
+        assert res.exit_code == 2, res.output
+        (line,) = res.stderr.strip().splitlines()
+        assert line.startswith(f"error: {extra[0]}") and "use --runtime torch" in line
+
+
+def test_cli_compile_and_list(tiny_model_dir, reg):
+    from click.testing import CliRunner
+
+    from lora_whisper.cli import main
+
+    g = ["--base", str(tiny_model_dir), "--registry", str(reg.root)]
+    res = CliRunner().invoke(main, [*g, "adapters", "list"])
+    assert res.exit_code == 0 and "threshold" in res.stdout and "compiled" in res.stdout
+    res = CliRunner().invoke(main, [*g, "adapters", "compile", "de@1"])
+    assert res.exit_code == 0, res.output
+    assert "de@1\tint8\tcompiled in" in res.stdout
+    res = CliRunner().invoke(main, [*g, "adapters", "compile", "de"])
+    assert "already compiled" in res.stdout
+    rows = {line.split()[0]: line for line in CliRunner().invoke(main, [*g, "adapters", "list"]).stdout.splitlines()}
+    assert " int8 " in rows["de"] and " int8 " not in rows["fr"]
+
+
+def test_compiled_ct2_run_imports_neither_torch_nor_transformers(tiny_model_dir, reg, wavs, engine):
+    list(engine.transcribe([wavs["good"]], TranscribeOptions(language="fr", **OPTS)))  # compiles fr@1 (torch, once)
+    code = f"""
+import sys
+from click.testing import CliRunner
+from lora_whisper.cli import main
+res = CliRunner().invoke(main, ["--base", {str(tiny_model_dir)!r}, "--registry", {str(reg.root)!r}, "--device", "cpu",
+    "transcribe", "--language", "fr", "--temperature", "0", "--max-new-tokens", "8", "--format", "json",
+    {str(wavs["good"])!r}])
+assert res.exit_code == 0, res.output
+print(res.stdout.strip())
+print("LOADED", [m for m in ("torch", "transformers", "peft") if m in sys.modules])
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=dict(os.environ), timeout=300)
+    assert out.returncode == 0, out.stderr
+    row = json.loads(out.stdout.splitlines()[0])
+    assert row["adapter"] == "fr@1"
+    assert out.stdout.splitlines()[-1] == "LOADED []"
