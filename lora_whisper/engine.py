@@ -443,7 +443,9 @@ class Engine:
     def _claims(self, first: list[_Unit], rec: AdapterRecord, options: TranscribeOptions) -> dict[int, float]:
         """How sure adapter ``rec`` is of its own language on each unit (by ``id``), from its own model."""
         if self.runtime.kind == "ct2":
-            return {id(u): self.runtime.detect(u.piece.audio, None, adapter=rec.ref).get(rec.language, 0.0) for u in first}
+            return {
+                id(u): self.runtime.detect(u.piece.audio, None, adapter=rec.ref).get(rec.language, 0.0) for u in first
+            }
         import torch
 
         key = adapter_key(rec.ref)
@@ -739,7 +741,6 @@ class Engine:
         tokens = None if hot else [t for x in rows for t in x["tokens"]]
         return self._segments(unit, rows, merged), keep_until, tokens
 
-
     # ---- the ct2 runtime: one file at a time through faster-whisper's pipeline --------------------------------------
     def _ct2_audio(self, item, options: TranscribeOptions) -> np.ndarray:
         # with VAD, a silent file is no error: it has no speech, so no text
@@ -797,7 +798,12 @@ class Engine:
             words = None
             if raw["words"] is not None:
                 words = [
-                    Word(round(min(max(w.start, start), end), 3), round(min(max(w.end, start), end), 3), w.word, w.probability)
+                    Word(
+                        round(min(max(w.start, start), end), 3),
+                        round(min(max(w.end, start), end), 3),
+                        w.word,
+                        w.probability,
+                    )
                     for w in raw["words"]
                 ]
             seg = Segment(

@@ -48,7 +48,11 @@ def convert_ct2(src: str | Path, out: str | Path, quantization: str = "int8", to
     src, out = Path(src), Path(out)
     copy = [f for f in CT2_COPY_FILES if (src / f).is_file()]
     TransformersConverter(str(src), copy_files=copy).convert(str(out), quantization=quantization, force=True)
-    if not (out / "tokenizer.json").is_file() and tokenizer_from and (Path(tokenizer_from) / "tokenizer.json").is_file():
+    if (
+        not (out / "tokenizer.json").is_file()
+        and tokenizer_from
+        and (Path(tokenizer_from) / "tokenizer.json").is_file()
+    ):
         shutil.copy2(Path(tokenizer_from) / "tokenizer.json", out / "tokenizer.json")
     return out
 

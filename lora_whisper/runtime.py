@@ -101,7 +101,9 @@ def check_runtime_options(kind: str, options) -> None:
         return
     flag = torch_only(options)
     if flag:
-        raise TorchOnlyError(f"{flag} needs the torch runtime (the ct2 runtime has no such feature): use --runtime torch")
+        raise TorchOnlyError(
+            f"{flag} needs the torch runtime (the ct2 runtime has no such feature): use --runtime torch"
+        )
 
 
 class TorchRuntime:

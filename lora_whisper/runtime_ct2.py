@@ -64,8 +64,15 @@ def ct2_quantization(quantize: str | None) -> str:
 def load_ct2_base(name: str = "offline", quantize: str | None = "auto", device: str | None = None) -> CT2Base:
     """The base for the ct2 runtime: ``offline`` uses the packaged CTranslate2 model as it is; any other base (a
     transformers folder or a Hub id) is converted once by CTranslate2's converter and kept in the cache."""
-    from .base import OFFLINE, OFFLINE_HUB_ID, cache_dir, offline_base_path, offline_ct2_path, resolve_base
-    from .base import weights_fingerprint
+    from .base import (
+        OFFLINE,
+        OFFLINE_HUB_ID,
+        cache_dir,
+        offline_base_path,
+        offline_ct2_path,
+        resolve_base,
+        weights_fingerprint,
+    )
 
     quant = ct2_quantization(quantize)
     device = "cuda" if str(device or "").startswith("cuda") else "cpu"
@@ -260,9 +267,7 @@ class CT2Runtime:
                 probs = {k: v / total for k, v in keep.items()}
         return dict(sorted(probs.items(), key=lambda kv: -kv[1]))
 
-    def decode(
-        self, audio: np.ndarray, language: str | None, options, adapter: str | None = None
-    ) -> Iterator[dict]:
+    def decode(self, audio: np.ndarray, language: str | None, options, adapter: str | None = None) -> Iterator[dict]:
         """Raw segments of ``audio`` (times in seconds from its start), as faster-whisper decodes them (lazily)."""
         model = self.model_for(adapter)
         kw = fw_options(options, language)

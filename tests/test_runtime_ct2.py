@@ -8,7 +8,6 @@ import sys
 import threading
 from pathlib import Path
 
-import numpy as np
 import pytest
 from conftest import file_adapter
 
@@ -94,7 +93,9 @@ def test_compile_cache_hit_rebuild_after_refiling(tiny_model_dir, reg, tiny_adap
     assert json.loads((first.path / "lora_whisper_compiled.json").read_text())["adapter"] == "fr@1"
     # re-filed: same name and version number, other weights -> another key, built again, the stale build dropped
     reg.remove("fr")
-    file_adapter(reg, tiny_adapter_factory("encoder+decoder", 7), "fr", "fr", fingerprint=tiny_adapter_factory.fingerprint)
+    file_adapter(
+        reg, tiny_adapter_factory("encoder+decoder", 7), "fr", "fr", fingerprint=tiny_adapter_factory.fingerprint
+    )
     rec2 = reg.get("fr")
     assert rec2.version == 1 and find_compiled(rec2, b.identity.fingerprint, "int8") is None
     third = compile_adapter(rec2, b.path, b.identity.to_dict(), tokenizer_from=b.ct2_path)
@@ -183,8 +184,25 @@ assert res.exit_code == 0, res.output
 print(res.stdout.strip())
 print("LOADED", [m for m in ("torch", "transformers", "peft") if m in sys.modules])
 """
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=dict(os.environ), timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=dict(os.environ), timeout=300
+    )
     assert out.returncode == 0, out.stderr
     row = json.loads(out.stdout.splitlines()[0])
     assert row["adapter"] == "fr@1"
     assert out.stdout.splitlines()[-1] == "LOADED []"
+
+
+@pytest.mark.integration
+def test_real_base_ct2_text_equals_faster_whisper(cache_dir):
+    """The packaged whisper-base on three real clips: the ct2 runtime's text is faster-whisper int8's exactly."""
+    from conftest import AUDIO
+
+    from lora_whisper.audio import load_audio
+
+    files = [AUDIO / n for n in ("jfk_inaugural.wav", "fleurs-fr-000.wav", "fleurs-de-000.wav")]
+    engine = build_engine("offline", "auto", "cpu", None, runtime="ct2")
+    results = list(engine.transcribe(files, TranscribeOptions(adapter="none")))
+    assert [r.language for r in results] == ["en", "fr", "de"]
+    for f, r in zip(files, results):
+        assert r.text == _fw(engine.runtime.base.ct2_path, load_audio(f), None, adapter="none")
