@@ -788,6 +788,9 @@ def bind_socket(host: str, port: int) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
+    # listening before the address is announced: a client that connects at once waits in the backlog until uvicorn
+    # accepts, instead of being refused (a race the ct2 runtime's fast start made visible)
+    sock.listen(2048)
     sock.set_inheritable(True)
     return sock
 
