@@ -66,7 +66,8 @@ class DataConfig:
     text_column: str = "text"
     """Column holding the transcript."""
     max_train: int | None = 300
-    """Use at most this many training rows (None: all)."""
+    """Use at most this many training clips (None: all); manifests and the Hub draw them at random (seeded) from
+    what the validation speakers leave, so runs with different caps are validated on the same clips."""
     max_test: int | None = 60
     """Use at most this many held-out rows."""
     train_voices: int = 8
@@ -165,9 +166,28 @@ class EvalSettings:
     batch_size: int = 8
     """Clips per generate call."""
     max_new_tokens: int | None = None
-    """Token limit per clip (None: 2 x the longest reference + 16, which bounds the base's loops)."""
+    """Token limit per clip, as ``transcribe --max-new-tokens`` (None: transcribe's default). The validation WER
+    that picks checkpoints uses 2 x the longest reference + 16 when this is None."""
     skip_before: bool = False
     """Skip the 'before' evaluation (its numbers are then missing from the record)."""
+
+
+@dataclass
+class CalibrationSettings:
+    """How sure the adapter must be before it may take audio the base did not give its language (routing).
+
+    At the end of training the base and the adapter score every validation clip (its own language) and real clips of
+    *other* languages; ``routing.calibrate`` puts the routing threshold just above the highest score of any
+    other-language clip, and it is stored in the registry record. No negatives: no threshold, and the adapter is
+    only routed to when the base itself detects its language (synthetic-voice adapters keep the fixed gate)."""
+
+    negatives: list[str] = field(default_factory=list)
+    """Manifests (JSONL/CSV with audio, text and a ``lang`` column) or audiofolders of real speech in other
+    languages; rows of the adapter's own language are skipped."""
+    max_per_source: int = 300
+    """At most this many clips from each source."""
+    margin: float = 1.1
+    """The threshold is the highest other-language score times this."""
 
 
 @dataclass
@@ -193,6 +213,7 @@ class Recipe:
     lora: LoraSettings = field(default_factory=LoraSettings)
     train: TrainSettings = field(default_factory=TrainSettings)
     eval: EvalSettings = field(default_factory=EvalSettings)
+    calibration: CalibrationSettings = field(default_factory=CalibrationSettings)
     output: OutputSettings = field(default_factory=OutputSettings)
 
     @property
@@ -345,6 +366,13 @@ def validate(r: Recipe) -> list[str]:
             p.append(f"train.{k}: must be in [0, 1), got {v!r}")
     if t.max_steps == -1 and (not isinstance(t.epochs, (int, float)) or t.epochs <= 0):
         p.append(f"train.epochs: must be positive, got {t.epochs!r}")
+    c = r.calibration
+    if not isinstance(c.negatives, list) or not all(isinstance(x, str) and x for x in c.negatives):
+        p.append(f"calibration.negatives: expected a list of paths, got {c.negatives!r}")
+    if not isinstance(c.max_per_source, int) or c.max_per_source < 1:
+        p.append(f"calibration.max_per_source: must be a positive integer, got {c.max_per_source!r}")
+    if not isinstance(c.margin, (int, float)) or c.margin < 1:
+        p.append(f"calibration.margin: must be 1 or more, got {c.margin!r}")
     if r.output.name is not None:
         from .registry import NAME_RE
 

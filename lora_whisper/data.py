@@ -252,6 +252,18 @@ def rows_from_dataset(
     return out
 
 
+# Letters that keyboards and corpora take from the Arabic block where the language writes its own: Persian writes
+# ی (U+06CC) and ک (U+06A9), not Arabic ي / ى / ك. Training labels are mapped, so an adapter learns the language's
+# own spelling (Whisper's normalizer leaves them apart, and a reference in Persian script counts ي as a wrong letter).
+ORTHOGRAPHY = {"fa": str.maketrans({"\u064a": "\u06cc", "\u0649": "\u06cc", "\u0643": "\u06a9"})}
+
+
+def orthography(text: str, language: str | None) -> str:
+    """``text`` in the language's own script conventions (see ``ORTHOGRAPHY``); unchanged for other languages."""
+    table = ORTHOGRAPHY.get(language or "")
+    return text.translate(table) if table else text
+
+
 def validate(
     loaded: Loaded, tokenizer=None, max_seconds: float = MAX_SECONDS, max_label_tokens: int = MAX_LABEL_TOKENS
 ) -> Loaded:
@@ -275,7 +287,8 @@ def validate(
         if tokenizer is not None and len(tokenizer(ex.text).input_ids) + 2 > max_label_tokens:  # + timestamps
             out.rejected.append(Rejected(ex.id, f"transcript over {max_label_tokens - 2} tokens (the decoder's limit)"))
             continue
-        out.examples.append(Example(ex.id, audio, ex.text, ex.language, ex.speaker, ex.timed))
+        text = orthography(ex.text, ex.language)
+        out.examples.append(Example(ex.id, audio, text, ex.language, ex.speaker, ex.timed))
     for r in out.rejected[len(loaded.rejected) :]:
         logger.warning("skipped %s: %s", r.id, r.reason)
     return out

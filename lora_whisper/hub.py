@@ -50,6 +50,7 @@ def model_card(record: AdapterRecord, repo_id: str) -> str:
     after = (record.metrics or {}).get("after") or {}
     before = (record.metrics or {}).get("before") or {}
     dataset_name = recipe_data.get("dataset") or recipe_data.get("source") or "held-out split"
+    # the adapter's figures, then the base's on the same clips (same decoding), so the Hub shows what it changes
     results = [
         EvalResult(
             task_type="automatic-speech-recognition",
@@ -58,11 +59,12 @@ def model_card(record: AdapterRecord, repo_id: str) -> str:
             dataset_name=str(dataset_name),
             dataset_split=str((record.metrics or {}).get("split") or "test"),
             metric_type=m,
-            metric_name=m.upper(),
-            metric_value=round(float(after[m]), 4),
+            metric_name=f"{m.upper()} ({who})",
+            metric_value=round(float(side[m]), 4),
         )
+        for who, side in (("adapter", after), (f"base {record.base.get('hub_id')}, no adapter", before))
         for m in ("wer", "cer")
-        if after.get(m) is not None
+        if side.get(m) is not None
     ]
     tags = ["lora", "peft", "whisper", "lora-whisper", record.language] + ([record.domain] if record.domain else [])
     data = ModelCardData(
@@ -105,6 +107,21 @@ def model_card(record: AdapterRecord, repo_id: str) -> str:
         if record.inactive_reason
         else ""
     )
+    cal = record.calibration or {}
+    routing = (
+        f"""
+## Routing (lora-whisper)
+
+When the language is not given, lora-whisper detects it with the base and asks this adapter where the base is
+unsure or gives `{record.language}` some weight; the adapter's claim is accepted when
+`sqrt(base p({record.language}) x adapter p({record.language})) >= {cal.get("threshold")}`. The threshold was measured at
+the end of training: just above ({cal.get("margin")}x) the highest score of {cal.get("other", {}).get("n")} real clips
+of other languages ({", ".join(cal.get("languages") or [])}); it accepts {cal.get("own", {}).get("accepted")} of
+{cal.get("own", {}).get("n")} of its own validation clips and {cal.get("other", {}).get("accepted")} of the others.
+"""
+        if cal.get("threshold") is not None
+        else ""
+    )
     body = f"""
 # {repo_id.split("/")[-1]}
 
@@ -125,13 +142,16 @@ processor = WhisperProcessor.from_pretrained("{record.base.get("hub_id")}")
 ```
 
 ## Evaluation (held-out sets, normalized text)
+
+Decoded as `lora-whisper transcribe --language {record.language}` decodes (temperature fallback, compression-ratio and
+log-probability checks), base and adapter on the same clips; Whisper's text normalizer.
 {warning}
 | data | split | clips | metric | base | adapter |
 |---|---|---|---|---|---|
 {rows}
 
 {legend}
-
+{routing}
 Base weights fingerprint: `{record.base.get("fingerprint")}`. Training time: {record.train_seconds or "n/a"} s.
 """
     return f"---\n{data.to_yaml()}\n---\n{body}"

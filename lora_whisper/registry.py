@@ -165,6 +165,9 @@ class AdapterRecord:
     inactive_reason: str | None = None
     """Set when the adapter must not be routed to (e.g. not better than the base on its held-out set); routing never
     picks it, ``--adapter NAME`` still forces it. None: routable."""
+    calibration: dict | None = None
+    """Routing threshold measured at the end of training (``routing.calibrate``): ``threshold`` and how many of
+    its own validation clips and of other languages' real clips it accepts. None: not calibrated."""
     path: Path | None = None
     """The version's folder (not stored in the file)."""
     active: bool = False
@@ -239,6 +242,7 @@ FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "created": (str,),
     "source": (str,),
     "inactive_reason": (str,),
+    "calibration": (dict,),
 }
 """The JSON type each metadata field must have (None is allowed for the optional ones)."""
 

@@ -5,6 +5,7 @@ Never touches a model, so every policy decision is testable with plain dicts.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 from .registry import AdapterRecord
@@ -109,16 +110,78 @@ def trained_on_synthetic(record: AdapterRecord) -> bool:
     return ((record.recipe or {}).get("data") or {}).get("source") == "synthetic"  # records before train_kind
 
 
-def should_consult(base_probs: dict[str, float], options_consult_below: float) -> bool:
-    """Whether the base is unsure enough about this audio's language to ask the candidate adapters.
+def claim_score(base_prob: float, own_prob: float) -> float:
+    """How strongly the base and an adapter together support the adapter's language on one piece of audio.
+
+    The geometric mean of the base's probability of the language and the adapter's own (adapter active): both must
+    agree. A synthetic-voice adapter's decoder gives its own language ~1.0 on any audio, so its score follows the
+    base's; a real-speech adapter that learnt its language's sounds raises the score where the base hesitates.
+    """
+    return math.sqrt(max(base_prob, 0.0) * max(own_prob, 0.0))
+
+
+def calibrate(
+    positives: list[tuple[dict[str, float], float]],
+    negatives: list[tuple[dict[str, float], float]],
+    language: str,
+    margin: float = 1.1,
+    min_own_prob: float = 0.5,
+) -> dict | None:
+    """The adapter's routing threshold, measured: just above every score of real speech in other languages.
+
+    Args:
+        positives: (base probabilities, adapter's own-language probability) on clips of the adapter's language it
+            did not train on (its validation clips).
+        negatives: the same on real clips of other languages.
+        language: the adapter's language.
+        margin: the threshold is the highest other-language score (among claims the adapter makes, own probability
+            >= ``min_own_prob``) times this.
+
+    Returns the record's ``calibration`` (threshold, how many of each side it accepts), or None without negatives.
+    """
+    if not negatives:
+        return None
+
+    def scores(rows):
+        return [claim_score(p.get(language, 0.0), own) for p, own in rows if own >= min_own_prob]
+
+    neg = scores(negatives)
+    worst = max(neg, default=0.0)
+    threshold = min(1.0, max(worst * margin, 1e-4))
+    pos = scores(positives)
+    return {
+        "threshold": round(threshold, 4),
+        "rule": "sqrt(base p(lang) x adapter p(lang)) >= threshold, adapter p(lang) >= 0.5",
+        "margin": margin,
+        "min_own_prob": min_own_prob,
+        "own": {"n": len(positives), "accepted": sum(s >= threshold for s in pos)},
+        "other": {"n": len(negatives), "accepted": sum(s >= threshold for s in neg), "max_score": round(worst, 4)},
+    }
+
+
+def should_consult(
+    base_probs: dict[str, float], options_consult_below: float, records: list[AdapterRecord] | None = None
+) -> bool:
+    """Whether to ask the candidate adapters about this audio's language.
+
+    When the base is unsure (top probability below ``options_consult_below``), and also, with a calibrated adapter
+    among ``records``, whenever the base gives that adapter's language enough probability that its claim could pass
+    its threshold (the base's own top language can be wrong with confidence on a language it reads poorly).
 
     Args:
         base_probs: the base's language probabilities for the file (or segment), restricted to candidates.
         options_consult_below: ``TranscribeOptions.consult_below``; 0 or less turns consulting off.
+        records: the candidate adapters.
     """
     if not base_probs or options_consult_below <= 0:
         return False
-    return max(base_probs.values()) < options_consult_below
+    if max(base_probs.values()) < options_consult_below:
+        return True
+    for r in records or []:
+        t = (r.calibration or {}).get("threshold")
+        if t is not None and r.routable and claim_score(base_probs.get(r.language, 0.0), 1.0) >= t:
+            return True
+    return False
 
 
 def accept_claim(
@@ -131,10 +194,12 @@ def accept_claim(
 ) -> bool:
     """Whether an adapter's claim on audio (its probability of its own language, adapter active) is accepted.
 
-    All must hold:
+    A calibrated adapter (``record.calibration``, measured at the end of training by ``calibrate``): routable, sure
+    (``own_prob >= min_own_prob``), and ``claim_score(base p, own_prob)`` at or above its threshold.
+
+    An uncalibrated one, all must hold:
       - the adapter is routable (active, not held back as worse than the base);
-      - it was trained on synthetic speech: real-speech adapters never override the base's detection, which is
-        reliable on real speech;
+      - it was trained on synthetic speech: real-speech adapters never override the base's detection;
       - the base gives the claimed language at least ``min_base_prob``: real speech of another language is never
         moved to this adapter, however sure the adapter is (its decoder predicts its own token on most audio);
       - the adapter is sure (``own_prob >= min_own_prob``) and surer than the base about that language.
@@ -146,9 +211,12 @@ def accept_claim(
         min_base_prob: see MIN_BASE_PROB.
         min_own_prob: the adapter's own probability needed.
     """
-    if not record.routable or not trained_on_synthetic(record):
+    if not record.routable:
         return False
     base_p = base_probs.get(record.language, 0.0)
-    if base_p < min_base_prob:
+    threshold = (record.calibration or {}).get("threshold")
+    if threshold is not None:
+        return own_prob >= min_own_prob and claim_score(base_p, own_prob) >= threshold
+    if not trained_on_synthetic(record) or base_p < min_base_prob:
         return False
     return own_prob >= min_own_prob and own_prob > base_p

@@ -136,6 +136,16 @@ def load_data(recipe: Recipe, progress=None) -> tuple[Loaded, Loaded]:
     return train, held[0].data
 
 
+def _sample(examples: list[Example], n: int | None, seed: int) -> list[Example]:
+    """``n`` of ``examples`` drawn at random (seeded), in their original order; all of them when ``n`` is None."""
+    import random
+
+    if not n or n >= len(examples):
+        return examples
+    keep = set(random.Random(seed).sample(range(len(examples)), n))
+    return [e for i, e in enumerate(examples) if i in keep]
+
+
 def _cap(loaded: Loaded, n: int | None) -> Loaded:
     return Loaded(loaded.examples[:n] if n else loaded.examples, loaded.rejected)
 
@@ -179,30 +189,44 @@ class _Collator:
         return batch
 
 
-def _encoder_cache(base: Base, examples: list[Example], data_fp: str, batch_size: int, progress=None):
-    """Frozen-encoder outputs for every training clip, computed once (float16 safetensors in the cache dir)."""
+def _encoder_cache(base: Base, examples: list[Example], batch_size: int, progress=None):
+    """Frozen-encoder outputs for every clip, computed once per clip and base (float16 safetensors in the cache dir).
+
+    Keyed per clip (its samples) rather than per data set, so runs over other subsets of the same clips (a learning
+    curve, another validation split) reuse what was computed and only encode clips never seen.
+    """
+    import hashlib
+
+    import numpy as np
     import torch
     from safetensors.torch import load_file, save_file
 
-    key = f"{base.identity.fingerprint}-{base.quantize}-{data_fp}".replace(":", "")
-    path = cache_dir() / "encoder" / f"{key[:96]}.safetensors"
-    if path.is_file():
-        return load_file(str(path))["hidden"]
-    from .engine import Engine
+    folder = cache_dir() / "encoder" / f"{base.identity.fingerprint}-{base.quantize}".replace(":", "")[:80]
+    folder.mkdir(parents=True, exist_ok=True)
 
-    engine = Engine(base)
-    outs = []
-    for k in range(0, len(examples), batch_size):
-        chunk = examples[k : k + batch_size]
-        outs.append(engine.encode(engine.features([e.audio for e in chunk])).to("cpu", torch.float16))
+    def path_of(e: Example) -> Path:
+        digest = hashlib.sha256(np.ascontiguousarray(e.load(), dtype=np.float32).tobytes()).hexdigest()[:32]
+        return folder / f"{digest}.safetensors"
+
+    paths = [path_of(e) for e in examples]
+    todo = [i for i, p in enumerate(paths) if not p.is_file()]
+    if progress and len(todo) < len(examples):
+        progress(len(examples) - len(todo))
+    engine = None
+    for k in range(0, len(todo), batch_size):
+        if engine is None:
+            from .engine import Engine
+
+            engine = Engine(base)
+        idx = todo[k : k + batch_size]
+        hidden = engine.encode(engine.features([examples[i].audio for i in idx])).to("cpu", torch.float16)
+        for i, h in zip(idx, hidden):
+            tmp = paths[i].with_suffix(f".{os.getpid()}.tmp")
+            save_file({"hidden": h.contiguous()}, str(tmp))
+            os.replace(tmp, paths[i])  # atomic: a killed run leaves whole files only
         if progress:
-            progress(len(chunk))
-    hidden = torch.cat(outs)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    save_file({"hidden": hidden.contiguous()}, str(tmp))
-    os.replace(tmp, path)
-    return hidden
+            progress(len(idx))
+    return torch.stack([load_file(str(p))["hidden"] for p in paths])
 
 
 def timestamp_token(tokenizer, seconds: float) -> int:
@@ -307,7 +331,13 @@ def _max_new_tokens(recipe: Recipe, base: Base, examples: list[Example]) -> int:
 
 
 def evaluate_adapter(base: Base, examples: list[Example], recipe: Recipe, adapter: AdapterRecord | None) -> Score:
-    """WER/CER on ``examples`` with the language forced, through the same engine as ``lora-whisper eval``."""
+    """WER/CER on ``examples`` with the language forced, decoded exactly as ``lora-whisper transcribe`` decodes.
+
+    Same engine, same options as ``transcribe --language L`` (temperature fallback, compression-ratio and log-prob
+    checks, the default token limit): on a language the base cannot read, greedy decoding without fallback loops,
+    and a figure taken that way flatters whichever model loops less. The fallback's sampling is seeded (``seed``),
+    so the same files give the same figure twice.
+    """
     from .engine import Engine, TranscribeOptions
     from .evaluation import evaluate
 
@@ -318,12 +348,8 @@ def evaluate_adapter(base: Base, examples: list[Example], recipe: Recipe, adapte
         language=recipe.language,
         adapter=adapter.ref if adapter else "none",
         batch_size=recipe.eval.batch_size,
-        max_new_tokens=_max_new_tokens(recipe, base, examples),
+        max_new_tokens=recipe.eval.max_new_tokens,  # transcribe's --max-new-tokens; None: its default
     )
-    # Greedy at temperature 0 only: before and after are compared on the same deterministic decoding, and a base
-    # that loops on synthetic speech would otherwise be re-decoded at every fallback temperature (6x the cost).
-    if hasattr(opts, "temperature"):
-        opts.temperature = (0.0,)
     return evaluate(engine, examples, opts).overall
 
 
@@ -401,7 +427,7 @@ def train(
     base = base or load_base(recipe.base.model, recipe.base.quantize, device)
     train_raw, held_raw = load_splits(recipe, progress=bar.update if bar is not None else None)
     limit = min(448, getattr(base.model.config, "max_target_positions", 448))
-    train_all = validate(_cap(train_raw, recipe.data.max_train), base.processor.tokenizer, max_label_tokens=limit)
+    train_all = validate(train_raw, base.processor.tokenizer, max_label_tokens=limit)
     held = [
         HeldOut(h.kind, h.split, validate(h.data, base.processor.tokenizer, max_label_tokens=limit)) for h in held_raw
     ]
@@ -415,6 +441,9 @@ def train(
             f"no usable {'training' if not train_all.examples else 'held-out'} rows ({len(rejected)} rejected)"
         )
     train_examples, val_examples = hold_out_speakers(train_all.examples, recipe.data.validation, recipe.train.seed)
+    # max_train draws from what validation left, at random (seeded): the validation speakers stay the same whatever
+    # the cap, so runs with 250, 500, 1,000 clips are scored on the same clips (a learning curve)
+    train_examples = _sample(train_examples, recipe.data.max_train, recipe.train.seed)
     test_set = held[0].data
     data_fp = fingerprint(train_all.examples + [e for h in held for e in h.data.examples])
     logger.info(
@@ -427,7 +456,9 @@ def train(
 
     befores: list[Score | None] = [None] * len(held)
     if not recipe.eval.skip_before and _rank() == 0:
-        befores = [_cached_before(base, h.data.examples, recipe, data_fp + h.split) for h in held]
+        ev = _inference_base(base)
+        befores = [_cached_before(ev, h.data.examples, recipe, fingerprint(h.data.examples)) for h in held]
+        del ev
         for h, b in zip(held, befores):
             logger.info("before (%s %s): WER %.3f CER %.3f", h.kind, h.split, b.wer, b.cer)
     before = befores[0]
@@ -437,11 +468,7 @@ def train(
     if recipe.lora.scope == "decoder":
         bar = _bar(progress, "encoder cache", len(train_examples) + len(val_examples))
         hidden = _encoder_cache(
-            base,
-            train_examples + val_examples,
-            data_fp + f"|val{recipe.data.validation}",
-            recipe.eval.batch_size,
-            bar.update if bar is not None else None,
+            base, train_examples + val_examples, recipe.eval.batch_size, bar.update if bar is not None else None
         )
         encoder_hidden, val_hidden = hidden[: len(train_examples)], hidden[len(train_examples) :]
         if bar is not None:
@@ -541,7 +568,7 @@ def train(
     # as `lora-whisper eval --adapter` will (one extra load of ~3 s, weights fingerprint cached).
     del trainer, peft_model, model
     base.model = None
-    fresh = load_base(str(base.path), base.quantize, base.device)
+    fresh = _inference_base(base)
     fresh.identity = base.identity
     record = AdapterRecord(
         name=recipe.name,
@@ -591,6 +618,7 @@ def train(
         "final_loss": next((h["loss"] for h in reversed(log_history) if "loss" in h), None),
     }
     record.inactive_reason = inactive_reason(before, after, held[0].kind, held[0].split)
+    record.calibration = _calibrate(fresh, record, recipe, val_examples or test_set.examples, adapter_dir)
     plot = _plot(log_history, before, after, run_dir / "training.png", recipe.name)
     record.path = None
     current = next((r for r in registry.list() if r.name == record.name and r.active), None)
@@ -613,6 +641,37 @@ def train(
             "" if activate else f"; {current.ref} stays the active version",
         )
     return TrainResult(filed, before, after, seconds, out.global_step, run_dir, rejected)
+
+
+def _calibrate(base: Base, record: AdapterRecord, recipe: Recipe, own: list[Example], adapter_dir: Path):
+    """The adapter's routing threshold (``routing.calibrate``) from its own clips (validation, else the held-out
+    set: the threshold is set by the other languages only, the own clips say how many it lets through) and the
+    recipe's real clips of other languages; None when the recipe names none."""
+    from .calibration import load_negatives, measure
+    from .routing import calibrate
+
+    c = recipe.calibration
+    if not c.negatives:
+        return None
+    negatives = load_negatives(c.negatives, recipe.language, c.max_per_source)
+    if not negatives:
+        logger.warning("calibration: no clips of other languages in %s; the adapter stays uncalibrated", c.negatives)
+        return None
+    bs = recipe.eval.batch_size
+    pos = measure(base, adapter_dir, record.decoder_only, own, recipe.language, bs)
+    neg = measure(base, adapter_dir, record.decoder_only, negatives, recipe.language, bs)
+    cal = calibrate(pos, neg, recipe.language, c.margin)
+    cal["languages"] = sorted({e.language for e in negatives})
+    logger.info(
+        "calibration: threshold %.4f accepts %d/%d of its own clips and %d/%d clips of %s",
+        cal["threshold"],
+        cal["own"]["accepted"],
+        cal["own"]["n"],
+        cal["other"]["accepted"],
+        cal["other"]["n"],
+        ",".join(cal["languages"]),
+    )
+    return cal
 
 
 def inactive_reason(before: Score | None, after: Score, kind: str, split: str) -> str | None:
@@ -730,9 +789,17 @@ class _BestCheckpoint:
         return BestCallback()
 
 
+def _inference_base(base: Base) -> Base:
+    """The base as ``transcribe`` loads it on this device (``--quantize auto``: float32 on CPU, 8-bit on CUDA), for
+    the before/after figures: an adapter trained on the 8-bit base is scored the way users will run it."""
+    ev = load_base(str(base.path), "auto", base.device)
+    ev.identity = base.identity
+    return ev
+
+
 def _cached_before(base: Base, examples: list[Example], recipe: Recipe, data_fp: str) -> Score:
     """The base's held-out score, remembered per (base, data, eval settings): a resumed run needn't redo it."""
-    key = f"{base.identity.fingerprint}|{base.quantize}|{data_fp}|{recipe.eval}|t0"
+    key = f"{base.identity.fingerprint}|{base.quantize}|{data_fp}|{recipe.eval}|transcribe"
     if known := cache_get("before_scores.json", key):
         return Score(**known)
     score = evaluate_adapter(base, examples, recipe, None)

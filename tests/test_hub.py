@@ -160,3 +160,40 @@ def test_card_reports_in_and_out_of_template_figures_and_inactive_status():
     meta = RepoCard(card).data.to_dict()
     result = meta["model-index"][0]["results"][0]
     assert result["dataset"]["split"] == "test-out" and result["metrics"][0]["value"] == 0.7
+
+
+def test_card_model_index_has_base_and_adapter_figures_and_the_routing_threshold():
+    from huggingface_hub.repocard import RepoCard
+
+    from lora_whisper.hub import model_card
+    from lora_whisper.registry import AdapterRecord
+
+    cal = {
+        "threshold": 0.2113,
+        "margin": 1.1,
+        "own": {"n": 64, "accepted": 60},
+        "other": {"n": 189, "accepted": 0, "max_score": 0.1921},
+        "languages": ["de", "en", "es"],
+    }
+    rec = AdapterRecord(
+        "fa-commonvoice",
+        1,
+        "fa",
+        {"hub_id": "openai/whisper-base", "fingerprint": "sha256:x"},
+        metrics={
+            "before": {"wer": 1.0, "cer": 0.42},
+            "after": {"wer": 0.6, "cer": 0.2},
+            "kind": "real",
+            "split": "dev",
+        },
+        calibration=cal,
+    )
+    card = model_card(rec, "user/fa-commonvoice")
+    metrics = RepoCard(card).data.to_dict()["model-index"][0]["results"][0]["metrics"]
+    got = {(m["name"], m["value"]) for m in metrics}
+    assert {("WER (adapter)", 0.6), ("CER (adapter)", 0.2)} <= got
+    assert {
+        ("WER (base openai/whisper-base, no adapter)", 1.0),
+        ("CER (base openai/whisper-base, no adapter)", 0.42),
+    } <= got
+    assert ">= 0.2113" in card and "189 real clips" in card and "60 of\n64" in card.replace("60 of 64", "60 of\n64")

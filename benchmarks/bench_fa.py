@@ -1,0 +1,174 @@
+"""A language adapter on real speech of speakers it never heard: base vs adapter, routing without a language.
+
+    python benchmarks/bench_fa.py --registry adapters --manifest $CV_FA_MANIFEST [--adapter fa-commonvoice]
+        [--other tests/data/audio/manifest.jsonl,tests/data/cv-en/manifest.jsonl] [--long 300] [--threads 2]
+
+Everything is decoded as `lora-whisper transcribe` decodes (the engine, temperature fallback, compression-ratio
+check), scored with Whisper's basic normalizer. Sections:
+  forced   the manifest's dev split with the language forced: base (`--adapter none`) vs the adapter
+           (`--adapter NAME`): WER, CER, clips that loop.
+  routed   the same clips with no language and `--adapter auto`: language detected right, routed to the adapter, WER
+           and CER; the base alone (no adapter in the registry) for comparison.
+  other    real clips of other languages (--other manifests, rows of the adapter's language skipped), no language,
+           `--adapter auto`: how many go to the adapter (must be 0), language right vs the base alone.
+  long     dev clips joined with 0.5 s gaps into one file of --long seconds, routed automatically: segments, where
+           the last one ends, repeated segments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def loops(ref: str, hyp: str) -> bool:
+    """A hypothesis that runs on: over twice the reference's words plus 4, or one word repeated 5 times in a row."""
+    words = hyp.split()
+    if len(words) > 2 * len(ref.split()) + 4:
+        return True
+    return any(len(set(words[i : i + 5])) == 1 for i in range(max(0, len(words) - 4)))
+
+
+def run(engine, examples, adapter, language):
+    """(rows of (reference, hypothesis, language, adapter), seconds) through Engine.transcribe."""
+    from lora_whisper.engine import FileError, TranscribeOptions
+
+    opts = TranscribeOptions(adapter=adapter, language=language, batch_size=8)
+    t0 = time.perf_counter()
+    out = []
+    inputs = [(e.id, e.audio) for e in examples]
+    for ex, res in zip(examples, engine.transcribe(inputs, opts)):
+        if isinstance(res, FileError):
+            print(f"  error: {res.error}", file=sys.stderr)
+            continue
+        out.append((ex.text, res.text, res.language, res.adapter))
+    return out, time.perf_counter() - t0
+
+
+def scored(rows, language):
+    from lora_whisper.scoring import score
+
+    s = score([r[0] for r in rows], [r[1] for r in rows], language)
+    return s.wer, s.cer, sum(loops(r[0], r[1]) for r in rows)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--registry", default="adapters")
+    ap.add_argument("--manifest", required=True, help="JSONL with audio, text, split (dev rows are used)")
+    ap.add_argument("--split", default="dev")
+    ap.add_argument(
+        "--adapter", default=None, help="adapter name (default: the registry's active one for the language)"
+    )
+    ap.add_argument("--language", default="fa")
+    ap.add_argument("--other", default="tests/data/audio/manifest.jsonl,tests/data/cv-en/manifest.jsonl")
+    ap.add_argument("--max", type=int, default=None, help="at most this many dev clips")
+    ap.add_argument("--long", type=float, default=300.0, help="seconds of the joined long file (0: skip)")
+    ap.add_argument("--sections", default="forced,routed,other,long")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--json", default=None, help="write every row here")
+    args = ap.parse_args()
+
+    import numpy as np
+    import torch
+
+    from lora_whisper.base import load_base
+    from lora_whisper.data import load_manifest, validate
+    from lora_whisper.engine import Engine, TranscribeOptions
+    from lora_whisper.registry import Registry
+
+    torch.set_num_threads(args.threads)
+    sections = set(args.sections.split(","))
+    reg = Registry(args.registry)
+    rec = (
+        reg.get(args.adapter)
+        if args.adapter
+        else next(r for r in reg.active() if r.language == args.language and not r.domain)
+    )
+    print(f"adapter {rec.ref}: calibration {json.dumps(rec.calibration)}")
+    lang = args.language
+    dev = validate(load_manifest(args.manifest, split=args.split, split_column="split", language=lang)).examples
+    dev = dev[: args.max or None]
+    base = load_base("offline", "auto")
+    routed_engine = Engine(base, reg)
+    base_engine = Engine(base, None)
+    dump = {}
+
+    if "forced" in sections:
+        print(f"\n## {args.split}, language forced to {lang} ({len(dev)} clips, speakers never heard in training)")
+        print(f"{'':<24}{'WER':>8}{'CER':>8}{'loops':>7}{'seconds':>9}")
+        for name, adapter in (("base", "none"), (rec.ref, rec.ref)):
+            rows, sec = run(routed_engine, dev, adapter, lang)
+            w, c, lp = scored(rows, lang)
+            dump[f"forced/{name}"] = rows
+            print(f"{name:<24}{w:>8.3f}{c:>8.3f}{lp:>7}{sec:>9.0f}")
+
+    if "routed" in sections:
+        print(f"\n## {args.split}, no language, --adapter auto ({len(dev)} clips)")
+        print(f"{'':<34}{'LID right':>10}{'to adapter':>11}{'WER':>8}{'CER':>8}{'loops':>7}")
+        for name, engine in (("base alone (empty registry)", base_engine), (f"registry with {rec.ref}", routed_engine)):
+            rows, _ = run(engine, dev, "auto", None)
+            w, c, lp = scored(rows, lang)
+            right = sum(r[2] == lang for r in rows)
+            to = sum(r[3] == rec.ref for r in rows)
+            dump[f"routed/{name}"] = rows
+            print(f"{name:<34}{right:>6}/{len(rows):<3}{to:>7}/{len(rows):<3}{w:>8.3f}{c:>8.3f}{lp:>7}")
+
+    if "other" in sections and args.other:
+        others = []
+        for src in args.other.split(","):
+            loaded = load_manifest(ROOT / src if not Path(src).is_absolute() else src)
+            others += [e for e in validate(loaded).examples if e.language and e.language != lang]
+        print(f"\n## real speech of other languages, no language, --adapter auto ({len(others)} clips)")
+        langs = sorted({e.language for e in others})
+        print(
+            f"{'language':<10}{'n':>4}{'base alone: right':>19}{'with ' + rec.ref + ': right':>28}{'to ' + rec.name:>24}"
+        )
+        b_rows, _ = run(base_engine, others, "auto", None)
+        r_rows, _ = run(routed_engine, others, "auto", None)
+        for code in langs:
+            idx = [i for i, e in enumerate(others) if e.language == code]
+            print(
+                f"{code:<10}{len(idx):>4}{sum(b_rows[i][2] == code for i in idx):>19}"
+                f"{sum(r_rows[i][2] == code for i in idx):>28}{sum(r_rows[i][3] == rec.ref for i in idx):>24}"
+            )
+        dump["other/base"], dump["other/routed"] = b_rows, r_rows
+
+    if "long" in sections and args.long > 0:
+        gap = np.zeros(8000, dtype=np.float32)
+        parts, refs, total = [], [], 0.0
+        for e in dev:
+            a = e.load()
+            if total + (len(a) + len(gap)) / 16000 > args.long:
+                break
+            parts += [a, gap]
+            refs.append(e.text)
+            total += (len(a) + len(gap)) / 16000
+        audio = np.concatenate(parts)
+        opts = TranscribeOptions(adapter="auto")
+        t0 = time.perf_counter()
+        res = next(iter(routed_engine.transcribe([("long.wav", audio)], opts)))
+        sec = time.perf_counter() - t0
+        texts = [s.text.strip() for s in res.segments]
+        repeats = sum(1 for a, b in zip(texts, texts[1:]) if a and a == b)
+        from lora_whisper.scoring import score
+
+        s = score([" ".join(refs)], [res.text], lang)
+        print(f"\n## one file of {total:.0f} s ({len(refs)} dev clips joined), no language, --adapter auto")
+        print(
+            f"language {res.language}, adapter {res.adapter}; {len(res.segments)} segments, last ends at "
+            f"{res.segments[-1].end if res.segments else 0:.1f} s; repeated consecutive segments {repeats}; "
+            f"WER {s.wer:.3f} CER {s.cer:.3f}; loops {loops(' '.join(refs), res.text)}; {sec:.0f} s"
+        )
+    if args.json:
+        Path(args.json).write_text(json.dumps(dump, ensure_ascii=False, indent=1))
+
+
+if __name__ == "__main__":
+    main()
