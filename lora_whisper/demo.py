@@ -31,9 +31,12 @@ def main(argv: list[str] | None = None) -> int:
     recipe = load_recipe(find_recipe("fr", "medical"))
     _, test = load_data(recipe)
     examples = test.examples[: args.n]
-    engine = Engine(load_base(recipe.base.model, recipe.base.quantize), reg)
+    engine = Engine(load_base(recipe.base.model, "auto"), reg)  # as `transcribe` loads it
     longest = max(len(e.text) for e in examples)
-    common = dict(max_new_tokens=min(440, longest + 16))  # bounds the base's loops on synthetic speech
+    # max_new_tokens bounds the base's loops on synthetic speech; one clip per call, because the temperature
+    # fallback samples with a fixed seed per call: a clip's text then depends on nothing but the clip (in a batch
+    # it would depend on its neighbours, and base-only and routed runs batch the clips differently)
+    common = dict(max_new_tokens=min(440, longest + 16), batch_size=1)
     base = list(engine.transcribe([e.audio for e in examples], TranscribeOptions(adapter="none", **common)))
     routed = list(engine.transcribe([e.audio for e in examples], TranscribeOptions(domain="medical", **common)))
     print(f"{'clip':<6}{'base: language':<18}{'routed: language / adapter':<36}{'WER base':>9}{'WER routed':>11}")

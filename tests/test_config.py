@@ -9,6 +9,7 @@ RECIPES = sorted((Path(__file__).parents[1] / "recipes").glob("*.yaml"))
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
 def test_every_recipe_loads_and_names_its_command(path, monkeypatch):
+    monkeypatch.setenv("CV_FA_MANIFEST", "manifest.jsonl")
     monkeypatch.setenv("CV_EN_MANIFEST", "manifest.jsonl")  # recipes for user data name it through the environment
     recipe = load_recipe(path)
     first = path.read_text().splitlines()[0]
@@ -114,3 +115,24 @@ def test_new_fields_are_checked():
         assert needle in msg, needle
     r = load_recipe(None, ["data.corpus=fr-medical", "data.speed_perturb=[0.9,1.1]", "train.precision=bf16"])
     assert tuple(r.data.speed_perturb) == (0.9, 1.1) and "speed_perturb:\n  - 0.9" in r.to_yaml()
+
+
+def test_gpu_recipe_for_persian_validates():
+    r = load_recipe(Path(__file__).parents[1] / "recipes" / "fa-commonvoice-gpu.yaml")
+    assert r.language == "fa" and r.base.model == "openai/whisper-small" and r.base.quantize == "int8"
+    assert (
+        r.data.source == "hub"
+        and r.data.dataset.startswith("mozilla-foundation/common_voice_")
+        and r.data.config == "fa"
+    )
+    assert r.lora.scope == "encoder+decoder" and r.train.precision in ("fp16", "bf16") and r.data.validation > 0
+    assert r.calibration.negatives and all((Path(__file__).parents[1] / p).is_file() for p in r.calibration.negatives)
+
+
+def test_persian_cpu_recipe_takes_its_manifest_from_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("CV_FA_MANIFEST", str(tmp_path / "m.jsonl"))
+    r = load_recipe(Path(__file__).parents[1] / "recipes" / "fa-commonvoice.yaml")
+    from lora_whisper.config import expand_path
+
+    assert r.language == "fa" and r.base.quantize == "int8" and r.data.validation > 0 and r.data.test_split == "dev"
+    assert expand_path(r.data.train) == str(tmp_path / "m.jsonl")

@@ -38,6 +38,7 @@ def test_push_then_plain_peft_loads_then_pull(hub, tmp_path, tiny_adapter_factor
         "medical",
         fingerprint=tiny_adapter_factory.fingerprint,
         metrics={"before": {"wer": 0.9, "cer": 0.5}, "after": {"wer": 0.3, "cer": 0.1}},
+        calibration={"threshold": 0.15, "margin": 1.1, "own": {"n": 60, "accepted": 51}, "other": {"n": 189}},
     )
     runner = CliRunner()
     res = runner.invoke(main, ["--registry", str(reg.root), "push", "fr-medical", "--repo", "tester/fr-medical"])
@@ -80,6 +81,8 @@ print("PLAIN_PEFT_OK")
     rec = other.get("fr-medical")
     assert (rec.language, rec.domain, rec.source) == ("fr", "medical", "hf://tester/fr-medical")
     assert rec.metrics["after"]["wer"] == 0.3 and rec.base["fingerprint"] == tiny_adapter_factory.fingerprint
+    # the routing threshold travels with it: the pulled adapter is routed by the same rule
+    assert rec.calibration == reg.get("fr-medical").calibration and rec.calibration["threshold"] == 0.15
 
 
 def test_pull_rejects_pickles_and_bad_names(hub, tmp_path, tiny_adapter_factory):

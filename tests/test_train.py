@@ -16,6 +16,8 @@ from lora_whisper.registry import Registry
 
 SMALL = [
     "--set",
+    "calibration.max_per_source=3",
+    "--set",
     "data.max_train=8",
     "--set",
     "data.max_test=4",
