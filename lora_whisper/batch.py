@@ -1003,10 +1003,12 @@ def batch(
         runtime=o.get("runtime", "auto"),
         threads=o.get("threads", 0),
     )
-    from .runtime import TorchOnlyError, check_runtime_options, resolve_runtime, torch_only
+    from .runtime import TorchOnlyError, check_runtime_options, resolve_runtime
 
-    if spec.runtime == "auto" and (num_gpus_per_worker or torch_only(topts)):
-        spec.runtime = "torch"  # the actors have GPUs, or the options need torch
+    if spec.runtime == "auto":
+        # batch stays on torch unless asked: its actors micro-batch rows through the torch runtime, while the ct2
+        # runtime decodes them file by file (explicit --runtime ct2 runs there)
+        spec.runtime = "torch"
     try:
         check_runtime_options(resolve_runtime(spec.runtime, spec.device), topts)
     except TorchOnlyError as e:

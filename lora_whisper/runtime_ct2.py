@@ -260,12 +260,11 @@ class CT2Runtime:
         head = np.ascontiguousarray(audio[: int(WINDOW_SECONDS * SAMPLE_RATE)], dtype=np.float32)
         _lang, _p, all_probs = model.detect_language(audio=head)
         probs = {k: float(v) for k, v in all_probs if k in self.languages}
-        if candidates:
-            keep = {k: v for k, v in probs.items() if k in candidates}
-            if keep:
-                total = sum(keep.values()) or 1.0
-                probs = {k: v / total for k, v in keep.items()}
-        return dict(sorted(probs.items(), key=lambda kv: -kv[1]))
+        keep = {k: v for k, v in probs.items() if k in candidates} if candidates else {}
+        probs = keep or probs
+        # normalised over the languages kept: the softmax over their logits, as the torch runtime computes it
+        total = sum(probs.values()) or 1.0
+        return dict(sorted(((k, v / total) for k, v in probs.items()), key=lambda kv: -kv[1]))
 
     def decode(self, audio: np.ndarray, language: str | None, options, adapter: str | None = None) -> Iterator[dict]:
         """Raw segments of ``audio`` (times in seconds from its start), as faster-whisper decodes them (lazily)."""

@@ -206,3 +206,17 @@ def test_real_base_ct2_text_equals_faster_whisper(cache_dir):
     assert [r.language for r in results] == ["en", "fr", "de"]
     for f, r in zip(files, results):
         assert r.text == _fw(engine.runtime.base.ct2_path, load_audio(f), None, adapter="none")
+
+
+def test_word_timestamps_vad_and_batched_long_form_run_on_ct2(engine, wavs):
+    (w,) = engine.transcribe(
+        [wavs["good"]], TranscribeOptions(language="fr", adapter="none", word_timestamps=True, **OPTS)
+    )
+    words = [x for s in w.segments for x in (s.words or [])]
+    assert words and all(s.start <= x.start <= x.end <= s.end for s in w.segments for x in s.words)
+    (v,) = engine.transcribe([wavs["silence"]], TranscribeOptions(vad=True, adapter="none", **OPTS))
+    assert v.text == "" and v.route == "no speech found (VAD)"
+    (b,) = engine.transcribe(
+        [wavs["good"]], TranscribeOptions(long_form="batched", language="fr", adapter="none", **OPTS)
+    )
+    assert b.duration == 2.0 and b.language == "fr"
