@@ -603,7 +603,7 @@ def _registry_call(fn, *args, **kw):
 
 def _threshold(record) -> str:
     t = (getattr(record, "calibration", None) or {}).get("threshold")
-    return f"{t:.2f}" if isinstance(t, (int, float)) and not isinstance(t, bool) else "-"
+    return f"{t:.3g}" if isinstance(t, (int, float)) and not isinstance(t, bool) else "-"
 
 
 def _compiled(record) -> list:

@@ -256,3 +256,16 @@ def test_inactive_adapter_is_listed_with_its_reason_and_only_forced(reg, tiny_ad
     row = next(line for line in res.stdout.splitlines() if line.startswith("en-cv"))
     assert "real dev" in row and "inactive" in row
     assert f"en-cv@1 is inactive: {why}" in res.stdout and "--adapter en-cv forces it" in res.stdout
+
+
+def test_calibration_round_trips_and_adapters_list_shows_the_threshold(reg, tiny_adapter_factory):
+    cal = {"threshold": 0.1234, "margin": 1.1, "own": {"n": 64, "accepted": 60}, "other": {"n": 189, "accepted": 0}}
+    file_adapter(reg, tiny_adapter_factory(), "fa-cv", "fa", metrics={"kind": "real", "split": "dev"}, calibration=cal)
+    file_adapter(reg, tiny_adapter_factory(seed=1), "de-x", "de")
+    assert reg.get("fa-cv").calibration == cal and reg.get("de-x").calibration is None
+    res = CliRunner().invoke(__import__("lora_whisper.cli").cli.main, ["--registry", str(reg.root), "adapters", "list"])
+    assert res.exit_code == 0, res.output
+    header = next(line for line in res.stdout.splitlines() if "threshold" in line)
+    col = header.index("threshold")
+    rows = {line.split()[0]: line for line in res.stdout.splitlines() if line.startswith(("fa-cv", "de-x"))}
+    assert rows["fa-cv"][col:].split()[0] == "0.123" and rows["de-x"][col:].split()[0] == "-"
