@@ -50,6 +50,12 @@ def main() -> None:
     ap.add_argument("--base", default="offline")
     ap.add_argument("--skip-torch", action="store_true")
     ap.add_argument("--skip-adapters", action="store_true")
+    ap.add_argument(
+        "--only",
+        choices=["fw", "ct2", "torch"],
+        default=None,
+        help="Run one system in this process (for its own peak RSS): print 'system seconds WER peak-RSS-MB'.",
+    )
     a = ap.parse_args()
 
     manifest = [json.loads(x) for x in (a.folder / "manifest.jsonl").read_text().splitlines() if x.strip()]
@@ -64,6 +70,9 @@ def main() -> None:
     options = TranscribeOptions(adapter="none")
     audios = [load_audio(f) for f in files]
     table = []
+    if a.only:
+        only(a, files, audios, manifest, options)
+        return
 
     def row(name, t, hyps, base=None):
         w = wer([(m["lang"], m["text"], h) for m, h in zip(manifest, hyps)])
@@ -190,6 +199,34 @@ def main() -> None:
         f"| {len(fr)} fr files, adapter forced: lora-whisper ct2 / faster-whisper on the merged folder | "
         f"{ad_t:.1f} s / {mg_t:.1f} s = {ad_t / mg_t:.2f}; same text {sum(x == y for x, y in zip(ad_hyps, mg_hyps))}/{len(fr)} |"
     )
+
+
+def only(a, files, audios, manifest, options) -> None:
+    """One system in this process: its time, WER and the whole process's peak RSS (nothing else loaded)."""
+    from lora_whisper.engine import TranscribeOptions
+    from lora_whisper.runtime import build_engine
+
+    warm = [("warm", audios[0][:16000])]
+    if a.only == "fw":
+        from faster_whisper import WhisperModel
+
+        from lora_whisper.runtime_ct2 import fw_options, load_ct2_base
+
+        fw = WhisperModel(str(load_ct2_base(a.base).ct2_path), device="cpu", compute_type="int8", cpu_threads=a.threads)
+        fw.transcribe(warm[0][1], **fw_options(options, "en"))
+        t = time.perf_counter()
+        hyps = []
+        for audio in audios:
+            segs, _ = fw.transcribe(audio, **fw_options(options, None))
+            hyps.append(" ".join(s.text.strip() for s in segs if s.text.strip()))
+    else:
+        eng = build_engine(a.base, "auto", "cpu", None, runtime=a.only, threads=a.threads)
+        list(eng.transcribe(warm, TranscribeOptions(adapter="none", language="en")))
+        t = time.perf_counter()
+        hyps = [r.text for r in eng.transcribe(files, options)]
+    dt = time.perf_counter() - t
+    w = wer([(m["lang"], m["text"], h) for m, h in zip(manifest, hyps)])
+    print(f"{a.only} {dt:.1f} {w:.3f} {rss_mb():.0f}")
 
 
 if __name__ == "__main__":

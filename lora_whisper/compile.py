@@ -64,14 +64,23 @@ class Compiled:
         }
 
 
+_HASHES: dict[tuple, str] = {}
+"""adapter_hash per (files, sizes, mtimes): a switch between resident adapters does not read the weights again."""
+
+
 def adapter_hash(record: AdapterRecord) -> str:
     """A hash of the adapter's config and weights: changes when a version number is re-filed with other weights."""
+    paths = [Path(record.path) / name for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS)]
+    stats = tuple((str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns, p.stat().st_ino) for p in paths)
+    if stats in _HASHES:
+        return _HASHES[stats]
     h = hashlib.sha256()
-    for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS):
-        with open(Path(record.path) / name, "rb") as f:
+    for p in paths:
+        with open(p, "rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):
                 h.update(block)
-    return h.hexdigest()[:12]
+    _HASHES[stats] = h.hexdigest()[:12]
+    return _HASHES[stats]
 
 
 def compile_key(record: AdapterRecord, fingerprint: str | None, quantization: str) -> str:
