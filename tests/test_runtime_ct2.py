@@ -220,3 +220,49 @@ def test_word_timestamps_vad_and_batched_long_form_run_on_ct2(engine, wavs):
         [wavs["good"]], TranscribeOptions(long_form="batched", language="fr", adapter="none", **OPTS)
     )
     assert b.duration == 2.0 and b.language == "fr"
+
+
+def test_server_on_ct2_equals_the_engine(engine, wavs):
+    from test_server import running
+
+    from lora_whisper.server import ServeOptions  # noqa: F401 - the server module loads without torch on ct2
+
+    files = [wavs["good"], wavs["good2"]]
+    cases = [("auto", {}), ("fr", {"language": "fr"}), ("base", {"language": "de"})]
+    want = {}
+    for model, extra in cases:
+        o = TranscribeOptions(adapter={"base": "none"}.get(model, model), language=extra.get("language"), **OPTS)
+        want[model] = [r.text for r in engine.transcribe(files, o)]
+    import httpx2 as httpx
+
+    with running(engine, defaults=dict(OPTS)) as (url, _app):
+        for model, extra in cases:
+            got = []
+            for f in files:
+                r = httpx.post(
+                    url + "/v1/audio/transcriptions",
+                    files={"file": (f.name, f.read_bytes())},
+                    data={"model": model, **extra},
+                    timeout=120,
+                )
+                assert r.status_code == 200, r.text
+                got.append(r.json()["text"])
+            assert got == want[model], model
+
+
+def test_consulted_detection_asks_the_compiled_adapters(engine, reg, wavs):
+    (r,) = engine.transcribe([wavs["good"]], TranscribeOptions(consult_below=1.0, threshold=0.0, **OPTS))
+    assert engine.runtime.stats["compiles"] == 2  # every candidate adapter was compiled to score its language
+    assert r.adapter in (None, "fr@1", "de@1") and r.route
+
+
+def test_torch_runtime_speaks_the_same_interface(tiny_base, wavs):
+    from lora_whisper.audio import load_audio
+    from lora_whisper.runtime import TorchRuntime
+
+    rt = TorchRuntime(tiny_base)
+    audio = load_audio(wavs["good"])
+    probs = rt.detect(audio, ["fr", "de"])
+    assert set(probs) == {"fr", "de"} and abs(sum(probs.values()) - 1) < 1e-5
+    rows = list(rt.decode(audio, "fr", TranscribeOptions(**OPTS)))
+    assert all({"start", "end", "text"} <= set(x) for x in rows)
