@@ -414,7 +414,9 @@ class Engine:
         cands = [r for r in records if r.active and ((r.domain in domains) if domains else not r.domain)]
         if options.languages:
             cands = [r for r in cands if r.language in options.languages]
-        unsure = {k: m for k, m in owners.items() if m[0].probs and should_consult(m[0].probs, options.consult_below)}
+        unsure = {
+            k: m for k, m in owners.items() if m[0].probs and should_consult(m[0].probs, options.consult_below, cands)
+        }
         if not unsure or not cands:
             return {}
         first = [m[0] for m in unsure.values()]
