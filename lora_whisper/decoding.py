@@ -89,7 +89,8 @@ class DecodeOptions:
     word_timestamps: bool = False
     """Words with start/end times (cross-attention on the alignment heads; forces eager attention, slower)."""
     max_new_tokens: int | None = None
-    """Token limit per window (default: as many as fit in the decoder's 448-token context)."""
+    """Token limit per window (default: half the decoder's context, 220 for Whisper's 448, as openai-whisper's
+    ``sample_len``; the other half holds the previous-text prompt). A window that loops stops there and falls back."""
 
 
 @dataclass
@@ -238,10 +239,11 @@ class Decoder:
         )
         if temps[0] > 0:
             kw["do_sample"] = True
-        if options.max_new_tokens:
-            # the prompt (previous text: up to half the context) and 4 start tokens share the decoder's context
-            ctx = self.base.model.config.max_target_positions
-            kw["max_new_tokens"] = min(options.max_new_tokens, ctx - ctx // 2 - 4)
+        # the prompt (previous text: up to half the context) and 4 start tokens share the decoder's context; without
+        # a limit, transformers' generate runs to its 448-token max_length, and a window that loops (a language the
+        # base reads poorly) costs twice openai-whisper's, at every fallback temperature
+        ctx = self.base.model.config.max_target_positions
+        kw["max_new_tokens"] = min(options.max_new_tokens or ctx, ctx - ctx // 2 - 4)
         if options.word_timestamps:
             if not getattr(self.base.model.generation_config, "alignment_heads", None):
                 raise ValueError("word timestamps need the base's alignment heads (generation_config.alignment_heads)")
