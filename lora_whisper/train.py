@@ -330,7 +330,9 @@ def _max_new_tokens(recipe: Recipe, base: Base, examples: list[Example]) -> int:
     return min(440, 2 * longest + 16)
 
 
-def evaluate_adapter(base: Base, examples: list[Example], recipe: Recipe, adapter: AdapterRecord | None) -> Score:
+def evaluate_adapter(
+    base: Base, examples: list[Example], recipe: Recipe, adapter: AdapterRecord | None, progress: bool = False
+) -> Score:
     """WER/CER on ``examples`` with the language forced, decoded exactly as ``lora-whisper transcribe`` decodes.
 
     Same engine, same options as ``transcribe --language L`` (temperature fallback, compression-ratio and log-prob
@@ -350,7 +352,12 @@ def evaluate_adapter(base: Base, examples: list[Example], recipe: Recipe, adapte
         batch_size=recipe.eval.batch_size,
         max_new_tokens=recipe.eval.max_new_tokens,  # transcribe's --max-new-tokens; None: its default
     )
-    return evaluate(engine, examples, opts).overall
+    bar = _bar(progress, f"score {adapter.name if adapter else 'base'}", len(examples))
+    try:
+        return evaluate(engine, examples, opts, progress=bar.update if bar is not None else None).overall
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 def _plot(log_history: list[dict], before: Score | None, after: Score | None, out: Path, title: str) -> Path:
@@ -457,7 +464,7 @@ def train(
     befores: list[Score | None] = [None] * len(held)
     if not recipe.eval.skip_before and _rank() == 0:
         ev = _inference_base(base)
-        befores = [_cached_before(ev, h.data.examples, recipe, fingerprint(h.data.examples)) for h in held]
+        befores = [_cached_before(ev, h.data.examples, recipe, fingerprint(h.data.examples), progress) for h in held]
         del ev
         for h, b in zip(held, befores):
             logger.info("before (%s %s): WER %.3f CER %.3f", h.kind, h.split, b.wer, b.cer)
@@ -590,7 +597,7 @@ def train(
         source="train",
         path=adapter_dir,
     )
-    afters = [evaluate_adapter(fresh, h.data.examples, recipe, record) for h in held]
+    afters = [evaluate_adapter(fresh, h.data.examples, recipe, record, progress) for h in held]
     after = afters[0]
     for h, a in zip(held, afters):
         logger.info("after (%s %s): WER %.3f CER %.3f", h.kind, h.split, a.wer, a.cer)
@@ -797,12 +804,12 @@ def _inference_base(base: Base) -> Base:
     return ev
 
 
-def _cached_before(base: Base, examples: list[Example], recipe: Recipe, data_fp: str) -> Score:
+def _cached_before(base: Base, examples: list[Example], recipe: Recipe, data_fp: str, progress: bool = False) -> Score:
     """The base's held-out score, remembered per (base, data, eval settings): a resumed run needn't redo it."""
     key = f"{base.identity.fingerprint}|{base.quantize}|{data_fp}|{recipe.eval}|transcribe"
     if known := cache_get("before_scores.json", key):
         return Score(**known)
-    score = evaluate_adapter(base, examples, recipe, None)
+    score = evaluate_adapter(base, examples, recipe, None, progress)
     cache_put("before_scores.json", key, score.__dict__)
     return score
 
