@@ -82,7 +82,9 @@ class DecodeOptions:
     word_timestamps: bool = False
     """Words with start/end times (cross-attention on the alignment heads; forces eager attention, slower)."""
     max_new_tokens: int | None = None
-    """Token limit per window (default: as many as fit in the decoder's 448-token context)."""
+    """Token limit per window. Default on the torch runtime: half the decoder's context, 220 for Whisper's 448, as
+    openai-whisper's ``sample_len`` (the other half holds the previous-text prompt); on the ct2 runtime:
+    faster-whisper's, the rest of the 448-token context."""
 
 
 @dataclass
