@@ -51,14 +51,18 @@ class Runtime(Protocol):
         """Drop an adapter from memory."""
 
 
-def cuda_available() -> bool:
-    """Whether a CUDA GPU is visible, asked of CTranslate2 (no torch import)."""
+def cuda_count() -> int:
+    """How many CUDA GPUs are visible, asked of CTranslate2 (no torch import)."""
     try:
         import ctranslate2
 
-        return ctranslate2.get_cuda_device_count() > 0
+        return int(ctranslate2.get_cuda_device_count())
     except Exception:  # noqa: BLE001 - no ctranslate2, or no driver
-        return False
+        return 0
+
+
+def cuda_available() -> bool:
+    return cuda_count() > 0
 
 
 def torch_only(options) -> str | None:

@@ -70,12 +70,14 @@ def load_ct2_base(name: str = "offline", quantize: str | None = "auto", device: 
         cache_dir,
         offline_base_path,
         offline_ct2_path,
+        pick_device,
         resolve_base,
         weights_fingerprint,
     )
+    from .runtime import cuda_count
 
     quant = ct2_quantization(quantize)
-    device = "cuda" if str(device or "").startswith("cuda") else "cpu"
+    device = pick_device(device, cuda_count=cuda_count())  # checks the name (cpu, cuda, cuda:N) without torch
     if name in (OFFLINE, "", None):
         ct2_path = offline_ct2_path()
         path, hub_id = offline_base_path(), OFFLINE_HUB_ID
@@ -149,8 +151,13 @@ class CT2Runtime:
         return self.base.languages
 
     def _load_model(self, path: Path):
+        kind, _, index = self.base.device.partition(":")
         return self._WhisperModel(
-            str(path), device=self.base.device, compute_type=self.base.quantize, cpu_threads=self.threads
+            str(path),
+            device=kind,
+            device_index=int(index or 0),
+            compute_type=self.base.quantize,
+            cpu_threads=self.threads,
         )
 
     @staticmethod

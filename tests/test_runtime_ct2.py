@@ -266,3 +266,13 @@ def test_torch_runtime_speaks_the_same_interface(tiny_base, wavs):
     assert set(probs) == {"fr", "de"} and abs(sum(probs.values()) - 1) < 1e-5
     rows = list(rt.decode(audio, "fr", TranscribeOptions(**OPTS)))
     assert all({"start", "end", "text"} <= set(x) for x in rows)
+
+
+def test_bad_device_is_one_line_on_ct2(tiny_model_dir, wavs):
+    from click.testing import CliRunner
+
+    from lora_whisper.cli import main
+
+    args = ["--base", str(tiny_model_dir), "--device", "tpu", "--runtime", "ct2", "transcribe", str(wavs["good"])]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 2 and "device 'tpu' is not one of" in res.stderr
