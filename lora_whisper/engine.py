@@ -201,7 +201,8 @@ class Engine:
     # kept for callers of the first release
     @property
     def resident(self):
-        return self.pool.resident
+        """Resident adapters: peft adapter names (torch) or references of loaded compiled models (ct2)."""
+        return self.pool.resident if self.runtime.kind == "torch" else self.runtime.models
 
     @property
     def peft(self):

@@ -218,7 +218,8 @@ class Scheduler:
             self.metrics.batch_size.observe(len(batch))
         # the engine remembers adapters that failed to load; the registry may have changed since (a server lives
         # long), so let it look again
-        forget = getattr(getattr(self.engine, "pool", None), "forget_failures", None)
+        holder = getattr(self.engine, "pool", None) or getattr(self.engine, "runtime", None)  # torch / ct2
+        forget = getattr(holder, "forget_failures", None)
         if forget is not None:
             forget()
         before = set(getattr(self.engine, "resident", {}) or {})

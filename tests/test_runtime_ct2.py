@@ -80,7 +80,7 @@ def test_routed_adapter_is_compiled_once_and_decodes_as_the_compiled_folder(engi
     assert base.text != r.text  # the adapter is really applied
     # cache size 1: a second adapter evicts the first; both still work
     (d,) = engine.transcribe([wavs["good"]], TranscribeOptions(language="de", **OPTS))
-    assert d.adapter == "de@1" and list(engine.runtime.models) == ["de@1"]
+    assert d.adapter == "de@1" and list(engine.runtime.models) == ["de@1"] == list(engine.resident)
     assert engine.runtime.stats["evictions"] == 1 and engine.runtime.stats["compiles"] == 2
 
 
