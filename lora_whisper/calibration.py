@@ -2,8 +2,8 @@
 validation clips and on real speech of other languages; ``routing.calibrate`` turns that into the threshold kept in
 the adapter's registry record.
 
-The probabilities are the ones the engine's adapter-consulted detection computes (``Decoder.language_probs``: one
-decoder step after <|startoftranscript|>, over the language tokens), on the first 30 s of each clip.
+The probabilities are the ones the engine's adapter-consulted detection computes, on the runtime ``transcribe`` uses
+(``Runtime.detect``: one decoder step after <|startoftranscript|>, over the language tokens, on the first 30 s).
 """
 
 from __future__ import annotations
@@ -30,28 +30,15 @@ def load_negatives(sources: list[str], language: str, max_per_source: int) -> li
     return out
 
 
-def measure(base, adapter_dir: Path, decoder_only: bool, examples: list[Example], language: str, batch_size: int = 8):
-    """(base probabilities over every language, the adapter's probability of ``language``) for each example.
-
-    Wraps ``base.model`` in the adapter (peft); call it last on a base loaded for the purpose.
-    """
-    import torch
-    from peft import PeftModel
-
-    from .decoding import Decoder
-
-    decoder = Decoder(base)
-    model = PeftModel.from_pretrained(base.model, str(adapter_dir), is_trainable=False)
-    model.eval()
+def measure(runtime, adapter: str, examples: list[Example], language: str, progress=None):
+    """(base probabilities over every language, the adapter's probability of ``language``) for each example, on
+    the runtime ``transcribe`` uses (``Runtime.detect``: the first 30 s, base and adapter)."""
     out = []
-    with torch.inference_mode():
-        for k in range(0, len(examples), batch_size):
-            chunk = examples[k : k + batch_size]
-            feats = decoder.features([e.load()[: 30 * 16000] for e in chunk])
-            with model.disable_adapter():
-                enc = decoder.encode(feats, model=model.base_model.model)
-                base_probs = decoder.language_probs(enc, None, model=model.base_model.model)
-            own_enc = enc if decoder_only else decoder.encode(feats, model=model.base_model.model)
-            own = decoder.language_probs(own_enc, None, model=model.base_model.model)
-            out += [(b, o.get(language, 0.0)) for b, o in zip(base_probs, own)]
+    for e in examples:
+        audio = e.load()
+        base = runtime.detect(audio, None, None)
+        own = runtime.detect(audio, None, adapter)
+        out.append((base, own.get(language, 0.0)))
+        if progress:
+            progress(1)
     return out

@@ -330,22 +330,42 @@ def _max_new_tokens(recipe: Recipe, base: Base, examples: list[Example]) -> int:
     return min(440, 2 * longest + 16)
 
 
-def evaluate_adapter(
-    base: Base, examples: list[Example], recipe: Recipe, adapter: AdapterRecord | None, progress: bool = False
-) -> Score:
-    """WER/CER on ``examples`` with the language forced, decoded exactly as ``lora-whisper transcribe`` decodes.
+def inference_engine(base: Base, model: str | None = None, runtime: str = "auto", adapter: AdapterRecord | None = None):
+    """The engine ``lora-whisper transcribe --runtime RUNTIME`` builds on ``base``'s device: ``auto`` is the ct2
+    runtime on CPU (the adapter compiled: merged in float32, converted to CTranslate2 int8) and torch on CUDA
+    (8-bit), so a figure ``train`` reports is what users get.
 
-    Same engine, same options as ``transcribe --language L`` (temperature fallback, compression-ratio and log-prob
-    checks, the default token limit): on a language the base cannot read, greedy decoding without fallback loops,
-    and a figure taken that way flatters whichever model loops less. The fallback's sampling is seeded (``seed``),
-    so the same files give the same figure twice.
+    Args:
+        base: the training base (its weights and device); the inference copy is loaded afresh.
+        model: the recipe's ``base.model`` (``offline`` uses the packaged CTranslate2 model as it is).
+        adapter: an adapter not yet in a registry, made resolvable by its reference.
     """
-    from .engine import Engine, TranscribeOptions
-    from .evaluation import evaluate
+    from .engine import Engine
+    from .runtime import resolve_runtime
 
-    engine = Engine(base)
+    if resolve_runtime(runtime, base.device) == "ct2":
+        from .runtime_ct2 import CT2Runtime, load_ct2_base
+
+        engine = Engine(None, None, runtime=CT2Runtime(load_ct2_base(model or str(base.path), "auto", base.device)))
+    else:
+        ev = load_base(str(base.path), "auto", base.device)
+        ev.identity = base.identity
+        engine = Engine(ev)
     if adapter is not None:
         engine.pin(adapter)
+    return engine
+
+
+def evaluate_adapter(engine, examples: list[Example], recipe: Recipe, adapter: AdapterRecord | None, progress=False):
+    """WER/CER on ``examples`` with the language forced, decoded exactly as ``lora-whisper transcribe`` decodes.
+
+    Same engine (``inference_engine``), same options as ``transcribe --language L`` (temperature fallback,
+    compression-ratio and log-prob checks, the default token limit): on a language the base cannot read, greedy
+    decoding without fallback loops, and a figure taken that way flatters whichever model loops less.
+    """
+    from .engine import TranscribeOptions
+    from .evaluation import evaluate
+
     opts = TranscribeOptions(
         language=recipe.language,
         adapter=adapter.ref if adapter else "none",
@@ -397,6 +417,7 @@ def train(
     progress: bool = True,
     base: Base | None = None,
     device: str | None = None,
+    runtime: str = "auto",
 ) -> TrainResult:
     """Train a LoRA adapter as the recipe says, evaluate before/after, and file it in ``registry``.
 
@@ -408,6 +429,8 @@ def train(
         base: an already loaded base to train on (tests); by default it is loaded from the recipe.
         device: ``cpu``, ``cuda`` or ``cuda:N``; default: this process's own GPU under torchrun/accelerate
             (``LOCAL_RANK``), else cuda when available, else cpu (see ``base.pick_device``).
+        runtime: the runtime the before/after figures and the routing calibration are measured on, as
+            ``transcribe --runtime`` (``auto``: ct2 on CPU, torch on CUDA); training itself is always torch.
     """
     from peft import get_peft_model, prepare_model_for_kbit_training
     from transformers import Trainer, TrainingArguments, set_seed
@@ -463,8 +486,10 @@ def train(
 
     befores: list[Score | None] = [None] * len(held)
     if not recipe.eval.skip_before and _rank() == 0:
-        ev = _inference_base(base)
-        befores = [_cached_before(ev, h.data.examples, recipe, fingerprint(h.data.examples), progress) for h in held]
+        ev = inference_engine(base, recipe.base.model, runtime)
+        befores = [
+            _cached_before(ev, base, h.data.examples, recipe, fingerprint(h.data.examples), progress) for h in held
+        ]
         del ev
         for h, b in zip(held, befores):
             logger.info("before (%s %s): WER %.3f CER %.3f", h.kind, h.split, b.wer, b.cer)
@@ -571,12 +596,10 @@ def train(
     shutil.rmtree(adapter_dir, ignore_errors=True)
     save_adapter(peft_model, adapter_dir, base.identity.hub_id)
     log_history = trainer.state.log_history
-    # The trained model carries LoRA layers and k-bit preparation; evaluate the saved files on a fresh base, exactly
-    # as `lora-whisper eval --adapter` will (one extra load of ~3 s, weights fingerprint cached).
+    # The trained model carries LoRA layers and k-bit preparation; evaluate the saved files on a fresh inference
+    # engine, exactly as `lora-whisper transcribe --adapter` will.
     del trainer, peft_model, model
     base.model = None
-    fresh = _inference_base(base)
-    fresh.identity = base.identity
     record = AdapterRecord(
         name=recipe.name,
         version=0,
@@ -597,7 +620,8 @@ def train(
         source="train",
         path=adapter_dir,
     )
-    afters = [evaluate_adapter(fresh, h.data.examples, recipe, record, progress) for h in held]
+    engine = inference_engine(base, recipe.base.model, runtime, record)
+    afters = [evaluate_adapter(engine, h.data.examples, recipe, record, progress) for h in held]
     after = afters[0]
     for h, a in zip(held, afters):
         logger.info("after (%s %s): WER %.3f CER %.3f", h.kind, h.split, a.wer, a.cer)
@@ -625,7 +649,8 @@ def train(
         "final_loss": next((h["loss"] for h in reversed(log_history) if "loss" in h), None),
     }
     record.inactive_reason = inactive_reason(before, after, held[0].kind, held[0].split)
-    record.calibration = _calibrate(fresh, record, recipe, val_examples or test_set.examples, adapter_dir)
+    record.calibration = _calibrate(engine, record, recipe, val_examples or test_set.examples)
+    del engine
     plot = _plot(log_history, before, after, run_dir / "training.png", recipe.name)
     record.path = None
     current = next((r for r in registry.list() if r.name == record.name and r.active), None)
@@ -650,7 +675,7 @@ def train(
     return TrainResult(filed, before, after, seconds, out.global_step, run_dir, rejected)
 
 
-def _calibrate(base: Base, record: AdapterRecord, recipe: Recipe, own: list[Example], adapter_dir: Path):
+def _calibrate(engine, record: AdapterRecord, recipe: Recipe, own: list[Example]):
     """The adapter's routing threshold (``routing.calibrate``) from its own clips (validation, else the held-out
     set: the threshold is set by the other languages only, the own clips say how many it lets through) and the
     recipe's real clips of other languages; None when the recipe names none."""
@@ -664,9 +689,8 @@ def _calibrate(base: Base, record: AdapterRecord, recipe: Recipe, own: list[Exam
     if not negatives:
         logger.warning("calibration: no clips of other languages in %s; the adapter stays uncalibrated", c.negatives)
         return None
-    bs = recipe.eval.batch_size
-    pos = measure(base, adapter_dir, record.decoder_only, own, recipe.language, bs)
-    neg = measure(base, adapter_dir, record.decoder_only, negatives, recipe.language, bs)
+    pos = measure(engine.runtime, record.ref, own, recipe.language)
+    neg = measure(engine.runtime, record.ref, negatives, recipe.language)
     cal = calibrate(pos, neg, recipe.language, c.margin)
     cal["languages"] = sorted({e.language for e in negatives})
     logger.info(
@@ -796,20 +820,13 @@ class _BestCheckpoint:
         return BestCallback()
 
 
-def _inference_base(base: Base) -> Base:
-    """The base as ``transcribe`` loads it on this device (``--quantize auto``: float32 on CPU, 8-bit on CUDA), for
-    the before/after figures: an adapter trained on the 8-bit base is scored the way users will run it."""
-    ev = load_base(str(base.path), "auto", base.device)
-    ev.identity = base.identity
-    return ev
-
-
-def _cached_before(base: Base, examples: list[Example], recipe: Recipe, data_fp: str, progress: bool = False) -> Score:
-    """The base's held-out score, remembered per (base, data, eval settings): a resumed run needn't redo it."""
-    key = f"{base.identity.fingerprint}|{base.quantize}|{data_fp}|{recipe.eval}|transcribe"
+def _cached_before(engine, base: Base, examples: list[Example], recipe: Recipe, data_fp: str, progress=False) -> Score:
+    """The base's held-out score, remembered per (base, runtime, data, eval settings): a resumed run, or another run
+    on the same held-out clips, needn't redo it."""
+    key = f"{base.identity.fingerprint}|{engine.runtime.kind}|{data_fp}|{recipe.eval}|transcribe"
     if known := cache_get("before_scores.json", key):
         return Score(**known)
-    score = evaluate_adapter(base, examples, recipe, None, progress)
+    score = evaluate_adapter(engine, examples, recipe, None, progress)
     cache_put("before_scores.json", key, score.__dict__)
     return score
 

@@ -62,14 +62,14 @@ def test_short_real_training_record(short_run):
 def test_eval_with_adapter_reproduces_training_figure(short_run, offline_base):
     from lora_whisper.config import find_recipe, load_recipe
     from lora_whisper.data import validate
-    from lora_whisper.train import _inference_base, evaluate_adapter, load_data
+    from lora_whisper.train import evaluate_adapter, inference_engine, load_data
 
     rec = short_run.get("fr-medical")
     recipe = load_recipe(find_recipe("fr", "medical"), ["data.max_train=8", "data.max_test=4"])
     _, test = load_data(recipe)
     examples = validate(test, offline_base.processor.tokenizer).examples
-    # train scores on the base as `transcribe` loads it (float32 on CPU), whatever it trained on
-    score = evaluate_adapter(_inference_base(offline_base), examples, recipe, rec)
+    # train scores on the engine `transcribe` builds (ct2 on CPU), whatever base it trained on
+    score = evaluate_adapter(inference_engine(offline_base, "offline", "auto", rec), examples, recipe, rec)
     assert round(score.wer, 4) == rec.metrics["after"]["wer"] and round(score.cer, 4) == rec.metrics["after"]["cer"]
 
 
