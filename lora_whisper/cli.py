@@ -539,7 +539,14 @@ def train(ctx, language, domain, recipe_path, overrides, resume, no_progress):
     from .train import train as run_train
 
     try:
-        result = run_train(recipe, _registry(ctx), resume=resume, progress=not no_progress, device=ctx.obj["device"])
+        result = run_train(
+            recipe,
+            _registry(ctx),
+            resume=resume,
+            progress=not no_progress,
+            device=ctx.obj["device"],
+            runtime=ctx.obj.get("runtime", "auto"),
+        )
     except (ValueError, FileNotFoundError, BaseModelError) as e:
         _fail(str(e).splitlines()[0])
     for r in result.rejected:
