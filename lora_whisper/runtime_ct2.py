@@ -11,6 +11,7 @@ Nothing here imports torch or transformers; only compiling an adapter does (once
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -54,6 +55,8 @@ class CT2Base:
     """CTranslate2 compute type of every model of this runtime; also the weight type compiled adapters are stored in."""
     device: str = "cpu"
     languages: dict[str, int] = field(default_factory=dict)
+    max_length: int = 448
+    """Decoder positions (Whisper: 448). faster-whisper assumes 448; a smaller model is told its own."""
 
 
 def ct2_quantization(quantize: str | None) -> str:
@@ -97,7 +100,11 @@ def load_ct2_base(name: str = "offline", quantize: str | None = "auto", device: 
             except OSError:
                 pass
             shutil.rmtree(tmp, ignore_errors=True)
-    return CT2Base(_Identity(hub_id, fingerprint), Path(path), Path(ct2_path), quant, device)
+    try:
+        max_length = int(json.loads((Path(path) / "config.json").read_text()).get("max_target_positions") or 448)
+    except (OSError, ValueError):
+        max_length = 448
+    return CT2Base(_Identity(hub_id, fingerprint), Path(path), Path(ct2_path), quant, device, max_length=max_length)
 
 
 def fw_options(options, language: str | None) -> dict:
@@ -152,13 +159,15 @@ class CT2Runtime:
 
     def _load_model(self, path: Path):
         kind, _, index = self.base.device.partition(":")
-        return self._WhisperModel(
+        model = self._WhisperModel(
             str(path),
             device=kind,
             device_index=int(index or 0),
             compute_type=self.base.quantize,
             cpu_threads=self.threads,
         )
+        model.max_length = self.base.max_length  # prompt and generation limits follow the model's positions
+        return model
 
     @staticmethod
     def _languages(model) -> dict[str, int]:
@@ -277,6 +286,12 @@ class CT2Runtime:
         """Raw segments of ``audio`` (times in seconds from its start), as faster-whisper decodes them (lazily)."""
         model = self.model_for(adapter)
         kw = fw_options(options, language)
+        # the previous-text prompt takes up to half the decoder's positions (and 4 start tokens): what is left bounds
+        # the new tokens, as on torch; None keeps faster-whisper's default on Whisper's 448 positions
+        n = self.base.max_length
+        room = n - n // 2 - 4
+        if kw["max_new_tokens"] is not None or n < 448:
+            kw["max_new_tokens"] = min(kw["max_new_tokens"] or room, room)
         audio = np.ascontiguousarray(audio, dtype=np.float32)
         if getattr(options, "long_form", "sequential") == "batched":
             from faster_whisper import BatchedInferencePipeline

@@ -276,3 +276,10 @@ def test_bad_device_is_one_line_on_ct2(tiny_model_dir, wavs):
     args = ["--base", str(tiny_model_dir), "--device", "tpu", "--runtime", "ct2", "transcribe", str(wavs["good"])]
     res = CliRunner().invoke(main, args)
     assert res.exit_code == 2 and "device 'tpu' is not one of" in res.stderr
+
+
+def test_a_model_with_fewer_positions_than_whisper_decodes_without_a_limit_given(engine, wavs):
+    """The tiny model has 64 decoder positions, faster-whisper assumes 448: the runtime tells it (no crash)."""
+    assert engine.runtime.base.max_length == 64
+    (r,) = engine.transcribe([wavs["good"]], TranscribeOptions(language="fr", adapter="none", temperature=(0.0,)))
+    assert r.duration == 2.0
