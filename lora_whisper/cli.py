@@ -498,7 +498,10 @@ def _print_scores(report) -> None:
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 @click.pass_context
 def train(ctx, language, domain, recipe_path, overrides, resume, no_progress):
-    """Train a LoRA adapter on the frozen base and file it in the registry (always on the torch runtime)."""
+    """Train a LoRA adapter on the frozen base and file it in the registry.
+
+    Training runs on torch; the before/after figures are measured on the runtime `transcribe` uses (--runtime).
+    """
     from .base import quiet_libraries
     from .config import RecipeError, find_recipe, load_recipe
 
