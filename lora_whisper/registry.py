@@ -466,6 +466,8 @@ class Registry:
             trash = self.root / f".trash-{uuid.uuid4().hex}"
             os.rename(target, trash)  # atomic: the version disappears at once, then is deleted
             shutil.rmtree(trash, ignore_errors=True)
+            if version is not None:  # its compiled copies (ct2 runtime) go with it
+                shutil.rmtree(fam / ".compiled" / f"v{version}", ignore_errors=True)
             if version is not None and fam.is_dir() and not any(fam.glob("v*")):
                 shutil.rmtree(fam, ignore_errors=True)
         return sorted(removed)

@@ -440,7 +440,7 @@ def test_real_base_rows_equal_transcribe_cli(ray_local, cache_dir, tmp_path):
         reg.add(tmp_path / f"ad-{lang}", rec)
         del pm
     inputs = [str(AUDIO), str(DATA / "cv-en" / "clips")]
-    glob = ["--registry", str(reg.root)]
+    glob = ["--registry", str(reg.root), "--runtime", "torch"]  # batch under auto stays on torch
     n = torch.get_num_threads()
     torch.set_num_threads(1)  # as the one-CPU actor
     try:

@@ -14,10 +14,14 @@ MANIFEST = [json.loads(x) for x in (AUDIO / "manifest.jsonl").read_text().splitl
 def test_jfk_exact_reference_text(cache_dir):
     from lora_whisper.cli import main
 
+    ref = next(r["text"] for r in MANIFEST if r["audio"] == "jfk_inaugural.wav")
+    res = CliRunner().invoke(main, ["--runtime", "torch", "transcribe", str(AUDIO / "jfk_inaugural.wav")])
+    assert res.exit_code == 0, res.stderr
+    assert res.stdout == ref + "\n"
+    # the CPU default (ct2: faster-whisper's pipeline at int8) gives faster-whisper's own text, one comma apart
     res = CliRunner().invoke(main, ["transcribe", str(AUDIO / "jfk_inaugural.wav")])
     assert res.exit_code == 0, res.stderr
-    ref = next(r["text"] for r in MANIFEST if r["audio"] == "jfk_inaugural.wav")
-    assert res.stdout == ref + "\n"
+    assert res.stdout.replace(",", "") == ref.replace(",", "") + "\n"
 
 
 def test_detection_right_on_every_clip(offline_base):
