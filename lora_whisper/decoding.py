@@ -12,108 +12,24 @@ from __future__ import annotations
 import contextlib
 import logging
 import zlib
-from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
 from .audio import SAMPLE_RATE
 
+# the rows and options every runtime shares live in ``segments`` (no torch there, so the ct2 runtime can use them)
+from .segments import (  # noqa: F401 - re-exported: callers import them from here
+    BLOCK_SECONDS,
+    TASKS,
+    TEMPERATURES,
+    WINDOW_SECONDS,
+    DecodeOptions,
+    Piece,
+    Segment,
+    Word,
+)
+
 logger = logging.getLogger("lora_whisper")
-
-WINDOW_SECONDS = 30.0
-"""Whisper's receptive field."""
-BLOCK_SECONDS = 240.0
-"""Long-form audio is decoded in blocks of this length (features and encoder work stay bounded); the last window of a
-block is decoded again at the start of the next one, with the previous text as the prompt."""
-TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
-TASKS = ("transcribe", "translate")
-
-
-@dataclass
-class Word:
-    """One word with its time in the file (from cross-attention on the alignment heads)."""
-
-    start: float
-    end: float
-    word: str
-    probability: float | None = None
-
-
-@dataclass
-class Segment:
-    """A stretch of speech with its text, as decoded (times in seconds from the start of the file)."""
-
-    start: float
-    end: float
-    text: str
-    language: str | None = None
-    language_probability: float | None = None
-    adapter: str | None = None
-    merged: bool = False
-    words: list[Word] | None = None
-    avg_logprob: float | None = None
-    compression_ratio: float | None = None
-    no_speech_prob: float | None = None
-    temperature: float | None = None
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        for k in ("avg_logprob", "compression_ratio", "no_speech_prob", "language_probability"):
-            if d[k] is not None:
-                d[k] = round(d[k], 4)
-        if d["words"] is None:
-            del d["words"]
-        return d
-
-
-@dataclass
-class DecodeOptions:
-    """How to decode (names as in openai-whisper / faster-whisper)."""
-
-    task: str = "transcribe"
-    """``transcribe`` or ``translate`` (to English)."""
-    beam_size: int = 1
-    """1 = greedy (at temperature 0)."""
-    temperature: tuple[float, ...] = TEMPERATURES
-    """Temperatures tried in turn when a window fails the checks below (fallback)."""
-    compression_ratio_threshold: float | None = 2.4
-    """A window whose text gzip-compresses better than this is repetitive: decode it again hotter."""
-    logprob_threshold: float | None = -1.0
-    """A window whose average token log-prob is below this is decoded again hotter."""
-    no_speech_threshold: float | None = 0.6
-    """A window with no-speech probability above this and a low log-prob is silence: skipped."""
-    condition_on_previous_text: bool = True
-    """Prompt each window with the text before it (consistent style and names; can propagate a loop)."""
-    initial_prompt: str | None = None
-    """Text to prompt the first window with (spelling of names, style)."""
-    word_timestamps: bool = False
-    """Words with start/end times (cross-attention on the alignment heads; forces eager attention, slower)."""
-    max_new_tokens: int | None = None
-    """Token limit per window (default: half the decoder's context, 220 for Whisper's 448, as openai-whisper's
-    ``sample_len``; the other half holds the previous-text prompt). A window that loops stops there and falls back."""
-
-
-@dataclass
-class Piece:
-    """At most 30 s of one input's audio, with where it lies in the file (VAD may have removed silence inside)."""
-
-    audio: np.ndarray
-    offset: float
-    """Start time in the file of the piece's first sample."""
-    spans: list[tuple[float, float]] = field(default_factory=list)
-    """(start, end) in the file of each speech span concatenated into ``audio`` (empty: contiguous audio)."""
-
-    def to_file_time(self, t: float) -> float:
-        """Map a time inside the piece to the file (skipping the silence that VAD removed)."""
-        if not self.spans:
-            return round(self.offset + t, 3)
-        acc = 0.0
-        for s, e in self.spans:
-            if t <= acc + (e - s) + 1e-6:
-                return round(s + (t - acc), 3)
-            acc += e - s
-        s, e = self.spans[-1]
-        return round(e, 3)
 
 
 def text_compression_ratio(text: str) -> float:
