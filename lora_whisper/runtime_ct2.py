@@ -301,6 +301,11 @@ class CT2Runtime:
             segments, _info = BatchedInferencePipeline(model).transcribe(audio, **kw)
         else:
             segments, _info = model.transcribe(audio, **kw)
+        # temperature fallback samples: a fixed seed per file (as the torch runtime seeds each call) makes a file's
+        # text depend on the file alone, so a figure measured twice is the same figure
+        import ctranslate2
+
+        ctranslate2.set_random_seed(0)
         for s in segments:
             yield {
                 "start": float(s.start),
