@@ -64,6 +64,7 @@ def main() -> None:
         ax.annotate(f"{r[4]['wer']:.2f}", (x, r[4]["wer"]), textcoords="offset points", xytext=(0, 6), ha="center")
     ax.set_xscale("log")
     ax.set_xticks(xs, [str(x) for x in xs])
+    ax.minorticks_off()
     ax.set_xlabel("training clips (log scale)")
     ax.set_ylabel("error rate (normalized)")
     ax.set_title(args.title, fontsize=10)
