@@ -26,6 +26,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -80,7 +82,7 @@ def run(engine, examples, adapter, language):
     opts = TranscribeOptions(adapter=adapter, language=language, batch_size=8)
     t0 = time.perf_counter()
     out = []
-    inputs = [(e.id, e.audio) for e in examples]
+    inputs = [(e.id, e.audio if isinstance(e.audio, np.ndarray) else e.load()) for e in examples]
     for ex, res in zip(examples, engine.transcribe(inputs, opts)):
         if isinstance(res, FileError):
             print(f"  error: {res.error}", file=sys.stderr)
@@ -116,8 +118,6 @@ def main() -> None:
     ap.add_argument("--no-forced-base", dest="forced_base", action="store_false", help="forced: adapter row only")
     ap.add_argument("--json", default=None, help="write every row here")
     args = ap.parse_args()
-
-    import numpy as np
 
     from lora_whisper.data import load_manifest, validate
     from lora_whisper.engine import TranscribeOptions
