@@ -11,7 +11,7 @@ import logging
 import time
 from collections import OrderedDict
 
-from .registry import AdapterRecord, Registry, RegistryError, check_adapter_files, check_base
+from .registry import AdapterRecord, Registry, RegistryError, ResolvesAdapters, check_adapter_files, check_base
 
 logger = logging.getLogger("lora_whisper")
 
@@ -21,7 +21,7 @@ def adapter_key(ref: str) -> str:
     return ref.replace(".", "_")
 
 
-class AdapterPool:
+class AdapterPool(ResolvesAdapters):
     """Resident adapters of one base (one PeftModel), loaded lazily from the registry."""
 
     def __init__(self, base, registry: Registry | None = None, cache_size: int = 4):
@@ -100,24 +100,6 @@ class AdapterPool:
     def add(self, record: AdapterRecord) -> None:
         """Make an adapter that is not (yet) in the registry resolvable by its reference (used after training)."""
         self.extra[record.ref] = record
-
-    def resolve(self, ref: str) -> tuple[AdapterRecord | None, str | None]:
-        """Find and load an adapter; on failure return (None, warning) so the run goes on with the base."""
-        if ref in self._failed:
-            return None, self._failed[ref]
-        try:
-            rec = self.record(ref)
-            self.load(rec)
-            return rec, None
-        except RegistryError as e:
-            msg = f"{e}; using the base instead"
-            self._failed[ref] = msg
-            logger.warning(msg)
-            return None, msg
-
-    def forget_failures(self) -> None:
-        """Try failed references again on the next request (the registry may have changed)."""
-        self._failed.clear()
 
     def key_for(self, ref: str | None, combine: str | None = None, weights=(1.0, 1.0)) -> str | None:
         """The peft adapter name of a reference; a combination's name holds its method and weights."""

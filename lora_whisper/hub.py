@@ -41,6 +41,25 @@ def _token() -> str:
     return token
 
 
+def _routing_section(record: AdapterRecord) -> str:
+    """The model card's paragraph on the adapter's routing threshold (empty when it has none)."""
+    cal = record.calibration or {}
+    return (
+        f"""
+## Routing (lora-whisper)
+
+When the language is not given, lora-whisper detects it with the base and asks this adapter where the base is
+unsure or gives `{record.language}` some weight; the adapter's claim is accepted when
+`sqrt(base p({record.language}) x adapter p({record.language})) >= {cal.get("threshold")}`. The threshold was measured at
+the end of training: just above ({cal.get("margin")}x) the highest score of {cal.get("other", {}).get("n")} real clips
+of other languages ({", ".join(cal.get("languages") or [])}); it accepts {cal.get("own", {}).get("accepted")} of
+{cal.get("own", {}).get("n")} of its own validation clips and {cal.get("other", {}).get("accepted")} of the others.
+"""
+        if cal.get("threshold") is not None
+        else ""
+    )
+
+
 def model_card(record: AdapterRecord, repo_id: str) -> str:
     """A model card with the metadata the Hub indexes: library, base, task, language, tags, data sets, WER/CER."""
     from huggingface_hub import EvalResult, ModelCardData
@@ -107,21 +126,7 @@ def model_card(record: AdapterRecord, repo_id: str) -> str:
         if record.inactive_reason
         else ""
     )
-    cal = record.calibration or {}
-    routing = (
-        f"""
-## Routing (lora-whisper)
-
-When the language is not given, lora-whisper detects it with the base and asks this adapter where the base is
-unsure or gives `{record.language}` some weight; the adapter's claim is accepted when
-`sqrt(base p({record.language}) x adapter p({record.language})) >= {cal.get("threshold")}`. The threshold was measured at
-the end of training: just above ({cal.get("margin")}x) the highest score of {cal.get("other", {}).get("n")} real clips
-of other languages ({", ".join(cal.get("languages") or [])}); it accepts {cal.get("own", {}).get("accepted")} of
-{cal.get("own", {}).get("n")} of its own validation clips and {cal.get("other", {}).get("accepted")} of the others.
-"""
-        if cal.get("threshold") is not None
-        else ""
-    )
+    routing = _routing_section(record)
     body = f"""
 # {repo_id.split("/")[-1]}
 

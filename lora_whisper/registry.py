@@ -551,3 +551,29 @@ def _card_metadata(readme: Path) -> dict:
     if isinstance(language, list):
         language = language[0] if language else None
     return {"language": language} if isinstance(language, str) else {}
+
+
+class ResolvesAdapters:
+    """``resolve``/``forget_failures`` for the runtimes' adapter holders (the torch ``AdapterPool`` and the ct2
+    runtime): find and load an adapter by reference, or remember why not and return a one-line warning, so a run
+    goes on with the base. Subclasses give ``record(ref)`` and ``load(record)`` and set ``self._failed = {}``."""
+
+    _failed: dict[str, str]
+
+    def resolve(self, ref: str) -> tuple[AdapterRecord | None, str | None]:
+        """(record, None) with the adapter loaded, or (None, warning): the run goes on with the base."""
+        if ref in self._failed:
+            return None, self._failed[ref]
+        try:
+            rec = self.record(ref)
+            self.load(rec)
+            return rec, None
+        except RegistryError as e:
+            msg = f"{e}; using the base instead"
+            self._failed[ref] = msg
+            logging.getLogger("lora_whisper").warning(msg)
+            return None, msg
+
+    def forget_failures(self) -> None:
+        """Try failed references again on the next request (the registry may have changed)."""
+        self._failed.clear()

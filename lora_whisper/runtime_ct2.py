@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from .compile import Compiled, compile_adapter, find_compiled
-from .registry import AdapterRecord, Registry, RegistryError
+from .registry import AdapterRecord, Registry, RegistryError, ResolvesAdapters
 from .segments import WINDOW_SECONDS, Word
 
 logger = logging.getLogger("lora_whisper")
@@ -126,7 +126,7 @@ def fw_options(options, language: str | None) -> dict:
     )
 
 
-class CT2Runtime:
+class CT2Runtime(ResolvesAdapters):
     """Detect, decode, load/unload an adapter, on CTranslate2 models through faster-whisper.
 
     Args:
@@ -243,23 +243,6 @@ class CT2Runtime:
 
     def unload(self, ref: str) -> None:
         self.models.pop(ref, None)
-
-    def resolve(self, ref: str) -> tuple[AdapterRecord | None, str | None]:
-        """Find, compile and load an adapter; on failure (None, warning) so the run goes on with the base."""
-        if ref in self._failed:
-            return None, self._failed[ref]
-        try:
-            rec = self.record(ref)
-            self.load(rec)
-            return rec, None
-        except RegistryError as e:
-            msg = f"{e}; using the base instead"
-            self._failed[ref] = msg
-            logger.warning(msg)
-            return None, msg
-
-    def forget_failures(self) -> None:
-        self._failed.clear()
 
     def model_for(self, ref: str | None):
         if ref is None:
