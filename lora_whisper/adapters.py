@@ -90,17 +90,6 @@ class AdapterPool(ResolvesAdapters):
             if self._merged_cache and self._merged_cache[0] == old:
                 self._merged_cache = None
 
-    def record(self, ref: str) -> AdapterRecord:
-        if ref in self.extra:
-            return self.extra[ref]
-        if self.registry is None:
-            raise RegistryError(f"adapter {ref!r}: no registry")
-        return self.registry.get(ref)
-
-    def add(self, record: AdapterRecord) -> None:
-        """Make an adapter that is not (yet) in the registry resolvable by its reference (used after training)."""
-        self.extra[record.ref] = record
-
     def key_for(self, ref: str | None, combine: str | None = None, weights=(1.0, 1.0)) -> str | None:
         """The peft adapter name of a reference; a combination's name holds its method and weights."""
         if ref is None:

@@ -556,9 +556,24 @@ def _card_metadata(readme: Path) -> dict:
 class ResolvesAdapters:
     """``resolve``/``forget_failures`` for the runtimes' adapter holders (the torch ``AdapterPool`` and the ct2
     runtime): find and load an adapter by reference, or remember why not and return a one-line warning, so a run
-    goes on with the base. Subclasses give ``record(ref)`` and ``load(record)`` and set ``self._failed = {}``."""
+    goes on with the base. Subclasses give ``load(record)`` and set ``self.registry``, ``self.extra = {}`` and
+    ``self._failed = {}``."""
 
+    registry: Registry | None
+    extra: dict[str, AdapterRecord]
     _failed: dict[str, str]
+
+    def record(self, ref: str) -> AdapterRecord:
+        """The record of ``ref``: one added with ``add``, else the registry's."""
+        if ref in self.extra:
+            return self.extra[ref]
+        if self.registry is None:
+            raise RegistryError(f"adapter {ref!r}: no registry")
+        return self.registry.get(ref)
+
+    def add(self, record: AdapterRecord) -> None:
+        """Make an adapter that is not (yet) in the registry resolvable by its reference (used after training)."""
+        self.extra[record.ref] = record
 
     def resolve(self, ref: str) -> tuple[AdapterRecord | None, str | None]:
         """(record, None) with the adapter loaded, or (None, warning): the run goes on with the base."""

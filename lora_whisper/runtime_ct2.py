@@ -182,16 +182,6 @@ class CT2Runtime(ResolvesAdapters):
         return out
 
     # ---- adapters -----------------------------------------------------------------------------------------------
-    def record(self, ref: str) -> AdapterRecord:
-        if ref in self.extra:
-            return self.extra[ref]
-        if self.registry is None:
-            raise RegistryError(f"adapter {ref!r}: no registry")
-        return self.registry.get(ref)
-
-    def add(self, record: AdapterRecord) -> None:
-        self.extra[record.ref] = record
-
     def compile(self, record: AdapterRecord, force: bool = False) -> Compiled:
         """The compiled copy of ``record`` for this base and weight type (built when missing)."""
         if not force:
