@@ -652,6 +652,13 @@ def train(
     record.calibration = _calibrate(engine, record, recipe, val_examples or test_set.examples)
     del engine
     plot = _plot(log_history, before, after, run_dir / "training.png", recipe.name)
+    filed = _file(registry, record, recipe, adapter_dir, plot)
+    return TrainResult(filed, before, after, seconds, out.global_step, run_dir, rejected)
+
+
+def _file(registry: Registry, record: AdapterRecord, recipe: Recipe, adapter_dir: Path, plot: Path) -> AdapterRecord:
+    """File the adapter with its recipe and plot. A version held back as not better than the base does not displace
+    an active version that is routable (a warning says which stays active)."""
     record.path = None
     current = next((r for r in registry.list() if r.name == record.name and r.active), None)
     activate = record.inactive_reason is None or current is None or current.inactive_reason is not None
@@ -672,7 +679,7 @@ def train(
             filed.ref,
             "" if activate else f"; {current.ref} stays the active version",
         )
-    return TrainResult(filed, before, after, seconds, out.global_step, run_dir, rejected)
+    return filed
 
 
 def _calibrate(engine, record: AdapterRecord, recipe: Recipe, own: list[Example]):
