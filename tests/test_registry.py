@@ -1,7 +1,8 @@
 import json
-import multiprocessing as mp
 import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 from click.testing import CliRunner
@@ -94,27 +95,31 @@ def test_base_mismatch_names_both():
     check_base(foreign, {"hub_id": "openai/whisper-base", "fingerprint": "sha256:aaa"})
 
 
-def _file_many(root, folder, n, q):
-    from lora_whisper.registry import Registry
-
-    try:
-        for _ in range(n):
-            file_adapter(Registry(root), folder, "fr-medical", "fr", "medical")
-        q.put("ok")
-    except Exception as e:  # pragma: no cover - reported to the parent
-        q.put(repr(e))
+# Each writer is a fresh interpreter (not a fork): forking a process that holds torch's thread pools can deadlock the
+# child, and a hung child then keeps pytest from exiting.
+_FILE_MANY = """
+import sys
+sys.path.insert(0, sys.argv[3])
+from conftest import file_adapter
+from lora_whisper.registry import Registry
+for _ in range(5):
+    file_adapter(Registry(sys.argv[1]), sys.argv[2], "fr-medical", "fr", "medical")
+"""
 
 
 def test_concurrent_filing_is_consistent(reg, tiny_adapter_factory):
     a = tiny_adapter_factory()
-    ctx = mp.get_context("fork")
-    q = ctx.Queue()
-    procs = [ctx.Process(target=_file_many, args=(reg.root, a, 5, q)) for _ in range(2)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(60)
-    assert [q.get(timeout=5) for _ in procs] == ["ok", "ok"]
+    here = os.path.dirname(__file__)
+    procs = [
+        subprocess.Popen([sys.executable, "-c", _FILE_MANY, str(reg.root), str(a), here], stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    try:
+        errors = [p.communicate(timeout=120)[1] for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    assert [p.returncode for p in procs] == [0, 0], errors
     records, problems = reg.scan()
     assert problems == []
     assert sorted(r.version for r in records) == list(range(1, 11))
