@@ -98,6 +98,14 @@ class DataConfig:
     speed_perturb: tuple[float, float] | None = None
     """encoder+decoder: resample each training clip by a factor drawn from [low, high] (e.g. [0.9, 1.1]) every time
     it is used; None: off. Not possible on cached encoder outputs (decoder-only)."""
+    contrast: list[str] = field(default_factory=list)
+    """Manifests (with a ``lang`` column) of real speech in *other* languages, mixed into training with the language
+    token as their only label: the adapter learns to say its language only on audio of it, so its own-language
+    probability can route (``calibration``). Clips that are also calibration negatives are never trained on."""
+    contrast_split: str | None = "train"
+    """Rows of this ``split`` column value only (None: every row): keep other languages' dev sets held out."""
+    contrast_max: int = 400
+    """At most this many contrast clips (drawn at random, seeded), over all sources."""
 
 
 @dataclass
@@ -326,6 +334,10 @@ def validate(r: Recipe) -> list[str]:
             p.append(
                 "data.speed_perturb: needs lora.scope encoder+decoder (decoder-only trains on cached encoder output)"
             )
+    if not isinstance(d.contrast, list) or not all(isinstance(x, str) for x in d.contrast):
+        p.append(f"data.contrast: expected a list of manifest paths, got {d.contrast!r}")
+    if not isinstance(d.contrast_max, int) or d.contrast_max < 0:
+        p.append(f"data.contrast_max: must be 0 or a positive integer, got {d.contrast_max!r}")
     if d.source == "hub" and not d.dataset:
         p.append("data.dataset: required for source hub")
     for k in ("speed", "pitch"):

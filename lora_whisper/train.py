@@ -150,6 +150,42 @@ def _cap(loaded: Loaded, n: int | None) -> Loaded:
     return Loaded(loaded.examples[:n] if n else loaded.examples, loaded.rejected)
 
 
+def _samples_digest(e: Example) -> str:
+    import hashlib
+
+    import numpy as np
+
+    return hashlib.sha256(np.ascontiguousarray(e.load(), dtype=np.float32).tobytes()).hexdigest()
+
+
+def load_contrast(recipe: Recipe) -> list[Example]:
+    """The recipe's ``data.contrast`` clips: real speech of other languages, at most ``contrast_max`` drawn at random
+    (seeded), decoded and checked, none of them a calibration negative (compared by their samples): the threshold
+    must be measured on clips the adapter never trained on."""
+    import random
+
+    from .calibration import load_negatives
+
+    d = recipe.data
+    if not d.contrast or not d.contrast_max:
+        return []
+    rows: list[Example] = []
+    for src in d.contrast:
+        loaded = load_manifest(expand_path(src), split=d.contrast_split, split_column="split" if d.contrast_split else None)
+        rows += [e for e in loaded.examples if e.language and e.language != recipe.language]
+    random.Random(recipe.train.seed).shuffle(rows)
+    c = recipe.calibration
+    held = {_samples_digest(e) for e in load_negatives(c.negatives, recipe.language, c.max_per_source)}
+    out: list[Example] = []
+    for e in rows:
+        if len(out) >= d.contrast_max:
+            break
+        ok = validate(Loaded([e])).examples
+        if ok and _samples_digest(ok[0]) not in held:
+            out.append(ok[0])
+    return out
+
+
 class _Collator:
     """Pads label ids with -100 and drops the leading <|startoftranscript|> (the model prepends it when shifting).
 
@@ -260,6 +296,12 @@ def label_ids(tokenizer, example: Example, language: str, timestamped: bool) -> 
     return prefix + [timestamp_token(tokenizer, start)] + text + [timestamp_token(tokenizer, end), eot]
 
 
+def language_label(tokenizer, language: str) -> list[int]:
+    """A contrast clip's target: ``<|sot|><|lang|>`` only (its language, nothing of its words)."""
+    tokenizer.set_prefix_tokens(language=language, task="transcribe", predict_timestamps=False)
+    return tokenizer("", add_special_tokens=True).input_ids[:2]
+
+
 def timestamped_rows(examples: list[Example], fraction: float, seed: int) -> set[int]:
     """Indices of the examples that get timestamped labels: ``fraction`` of those that know their times, seeded."""
     import random
@@ -287,11 +329,13 @@ def _dataset(
     timestamped: set[int] | None = None,
     speed_perturb: tuple[float, float] | None = None,
     seed: int = 0,
+    contrast: int = 0,
 ):
     """A ``datasets.Dataset`` whose rows become log-mel features (or cached encoder output) + label ids on access.
 
     Rows in ``timestamped`` get timestamped labels; with ``speed_perturb`` every access resamples the clip by a
-    random factor in that range (timestamped rows excepted: their times would no longer hold).
+    random factor in that range (timestamped rows excepted: their times would no longer hold). The last
+    ``contrast`` examples are other languages' clips, labelled with their language token only (``language_label``).
     """
     import random
 
@@ -299,7 +343,9 @@ def _dataset(
 
     tok = base.processor.tokenizer
     timestamped = timestamped or set()
-    labels = [label_ids(tok, e, language, i in timestamped) for i, e in enumerate(examples)]
+    own = len(examples) - contrast
+    labels = [label_ids(tok, e, language, i in timestamped) for i, e in enumerate(examples[:own])]
+    labels += [language_label(tok, e.language) for e in examples[own:]]
     ds = datasets.Dataset.from_dict({"idx": list(range(len(examples))), "labels": labels})
     fe = base.processor.feature_extractor
     audio = [e.audio for e in examples]
@@ -474,11 +520,13 @@ def train(
     # max_train draws from what validation left, at random (seeded): the validation speakers stay the same whatever
     # the cap, so runs with 250, 500, 1,000 clips are scored on the same clips (a learning curve)
     train_examples = _sample(train_examples, recipe.data.max_train, recipe.train.seed)
+    contrast = load_contrast(recipe)
     test_set = held[0].data
-    data_fp = fingerprint(train_all.examples + [e for h in held for e in h.data.examples])
+    data_fp = fingerprint(train_all.examples + contrast + [e for h in held for e in h.data.examples])
     logger.info(
-        "data: %d train / %d validation (train speakers) / %s held-out clips (%s)",
+        "data: %d train (+%d other languages) / %d validation (train speakers) / %s held-out clips (%s)",
         len(train_examples),
+        len(contrast),
         len(val_examples),
         " + ".join(f"{len(h.data.examples)} {h.kind} {h.split}" for h in held),
         data_fp,
@@ -498,11 +546,11 @@ def train(
     # model: frozen (8-bit) base + LoRA
     encoder_hidden = val_hidden = None
     if recipe.lora.scope == "decoder":
-        bar = _bar(progress, "encoder cache", len(train_examples) + len(val_examples))
-        hidden = _encoder_cache(
-            base, train_examples + val_examples, recipe.eval.batch_size, bar.update if bar is not None else None
-        )
-        encoder_hidden, val_hidden = hidden[: len(train_examples)], hidden[len(train_examples) :]
+        clips = train_examples + contrast + val_examples
+        bar = _bar(progress, "encoder cache", len(clips))
+        hidden = _encoder_cache(base, clips, recipe.eval.batch_size, bar.update if bar is not None else None)
+        n = len(train_examples) + len(contrast)
+        encoder_hidden, val_hidden = hidden[:n], hidden[n:]
         if bar is not None:
             bar.close()
     model = base.model
@@ -526,14 +574,15 @@ def train(
     stamped = timestamped_rows(train_examples, recipe.data.timestamps, recipe.train.seed)
     train_ds = _dataset(
         base,
-        train_examples,
+        train_examples + contrast,
         recipe.language,
         encoder_hidden,
         timestamped=stamped,
         speed_perturb=tuple(recipe.data.speed_perturb) if recipe.data.speed_perturb else None,
         seed=recipe.train.seed,
+        contrast=len(contrast),
     )
-    steps_per_epoch = max(1, -(-len(train_examples) // (recipe.train.batch_size * recipe.train.grad_accum)))
+    steps_per_epoch = max(1, -(-len(train_ds) // (recipe.train.batch_size * recipe.train.grad_accum)))
     args = TrainingArguments(
         output_dir=str(run_dir),
         per_device_train_batch_size=recipe.train.batch_size,
@@ -642,6 +691,7 @@ def train(
             for h, b, a in zip(held, befores, afters)
         ],
         "train_clips": len(train_examples),
+        "contrast_clips": len(contrast),
         "train_kind": KIND_REAL if recipe.data.source != "synthetic" else "synthetic",
         "timestamped_clips": len(stamped),
         "validation": best.summary() if best is not None else None,

@@ -341,6 +341,7 @@ def test_persian_recipe_on_real_clips_learns_and_calibrates(tiny_model_dir, tmp_
     data = Path(__file__).parent / "data" / "cv-fa" / "manifest.jsonl"
     recipe = Path(__file__).parents[1] / "recipes" / "fa-commonvoice.yaml"
     audio = Path(__file__).parent / "data" / "audio" / "manifest.jsonl"
+    english = Path(__file__).parent / "data" / "cv-en" / "manifest.jsonl"
     res = CliRunner().invoke(
         main,
         [
@@ -350,10 +351,12 @@ def test_persian_recipe_on_real_clips_learns_and_calibrates(tiny_model_dir, tmp_
             *("--set", "train.max_steps=8", "--set", "train.lr=0.02", "--set", "train.batch_size=6"),
             *("--set", "train.validate_every=4", "--set", "train.save_steps=4", "--set", "eval.max_new_tokens=8"),
             *("--set", f"calibration.negatives=[{audio}]", "--set", f"output.run_dir={tmp_path / 'run'}"),
+            *("--set", f"data.contrast=[{english}]", "--set", "data.contrast_split=dev"),
         ],
     )
     assert res.exit_code == 0, res.output
     rec = Registry(tmp_path / "adapters").get("fa-commonvoice")
+    assert rec.metrics["contrast_clips"] == 12
     assert rec.language == "fa" and rec.lora["scope"] == "decoder" and rec.metrics["held_out"] == 4
     state = json.loads(sorted((tmp_path / "run").glob("checkpoint-*/trainer_state.json"))[-1].read_text())
     losses = [h["loss"] for h in state["log_history"] if "loss" in h]
@@ -376,3 +379,38 @@ def test_persian_labels_use_persian_letters():
     assert orthography("كتاب علي", "ar") == "كتاب علي"  # Arabic keeps its own
     ex = Example("x", __import__("numpy").ones(1600, "float32") * 0.1, "يك", "fa")
     assert validate(Loaded([ex])).examples[0].text == "یک"
+
+
+def test_contrast_clips_teach_the_language_token_only_and_skip_calibration_clips(tiny_base, tmp_path):
+    """Other languages' clips join training with ``<|sot|><|lang|>`` as their whole label, and a clip that is also a
+    calibration negative is never among them (the threshold must be measured on clips the adapter never heard)."""
+    import shutil
+
+    from lora_whisper.config import load_recipe
+    from lora_whisper.train import _Collator, _dataset, load_contrast
+
+    src = Path(__file__).parent / "data" / "cv-en"
+    rows = [json.loads(line) for line in (src / "manifest.jsonl").read_text().splitlines()]
+    shutil.copytree(src / "clips", tmp_path / "clips")
+    (tmp_path / "all.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "cal.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:3]))  # 3 of them calibrate
+    recipe = load_recipe(
+        None,
+        [f"data.contrast=[{tmp_path / 'all.jsonl'}]", "data.contrast_split=dev", "data.contrast_max=100"],
+        language="fa",
+        domain=None,
+        data={"source": "manifest", "train": "t.jsonl", "test": "t.jsonl"},
+    )
+    recipe.calibration.negatives = [str(tmp_path / "cal.jsonl")]
+    contrast = load_contrast(recipe)
+    assert len(contrast) == 9 and all(e.language == "en" for e in contrast)
+    assert not {e.text for e in contrast} & {r["text"] for r in rows[:3]}
+    recipe.data.contrast_max = 4
+    assert len(load_contrast(recipe)) == 4
+    tok = tiny_base.processor.tokenizer
+    ids = tok.convert_tokens_to_ids
+    ds = _dataset(tiny_base, contrast[:2], "fa", contrast=1)
+    batch = _Collator(ids("<|startoftranscript|>"))([ds[0], ds[1]])
+    own, other = batch["labels"].tolist()
+    assert own[0] == ids("<|fa|>") and len([t for t in own if t != -100]) > 3
+    assert [t for t in other if t != -100] == [ids("<|en|>")]
