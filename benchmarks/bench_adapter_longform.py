@@ -38,12 +38,12 @@ def main() -> None:
     import jiwer
     import torch
 
-    from lora_whisper.audio import load_audio
-    from lora_whisper.base import load_base, quiet_libraries
-    from lora_whisper.engine import Engine, TranscribeOptions
-    from lora_whisper.registry import Registry
+    from lora_whisper.adapters.registry import Registry
+    from lora_whisper.base.loading import load_base, quiet_libraries
     from lora_whisper.scoring import normalize
-    from lora_whisper.synth import TEST_VARIANTS, corpus_path, read_corpus_splits, synthesize, voices_for
+    from lora_whisper.train.synth import TEST_VARIANTS, corpus_path, read_corpus_splits, synthesize, voices_for
+    from lora_whisper.transcribe.audio import load_audio
+    from lora_whisper.transcribe.engine import Engine, TranscribeOptions
 
     quiet_libraries()
     torch.set_num_threads(args.threads)

@@ -31,7 +31,7 @@ DEFAULT_DATA = [ROOT / "tests" / "data" / "audio", ROOT / "tests" / "data" / "cv
 
 
 def _files(args) -> list[Path]:
-    from lora_whisper.audio import expand_inputs
+    from lora_whisper.transcribe.audio import expand_inputs
 
     src = args.data or os.environ.get("LORA_WHISPER_BENCH_DATA")
     if not src:
@@ -39,7 +39,7 @@ def _files(args) -> list[Path]:
     else:
         p = Path(src)
         if p.suffix in (".jsonl", ".csv"):
-            from lora_whisper.batch import BatchOptions, collect_inputs
+            from lora_whisper.batch.runner import BatchOptions, collect_inputs
 
             files = [Path(i.path) for i in collect_inputs([str(p)], BatchOptions(out=Path("."))) if i.path]
         else:
@@ -64,10 +64,10 @@ def main() -> None:
 
     import torch
 
-    from lora_whisper.audio import load_audio
-    from lora_whisper.base import load_base, quiet_libraries
-    from lora_whisper.batch import BatchOptions, EngineSpec, read_output, run_batch
-    from lora_whisper.engine import Engine, TranscribeOptions
+    from lora_whisper.base.loading import load_base, quiet_libraries
+    from lora_whisper.batch.runner import BatchOptions, EngineSpec, read_output, run_batch
+    from lora_whisper.transcribe.audio import load_audio
+    from lora_whisper.transcribe.engine import Engine, TranscribeOptions
 
     quiet_libraries()
     files = _files(args)

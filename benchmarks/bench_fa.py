@@ -77,7 +77,7 @@ def loops(ref: str, hyp: str) -> bool:
 
 def run(engine, examples, adapter, language):
     """(rows of (reference, hypothesis, language, adapter), seconds) through Engine.transcribe."""
-    from lora_whisper.engine import FileError, TranscribeOptions
+    from lora_whisper.transcribe.engine import FileError, TranscribeOptions
 
     opts = TranscribeOptions(adapter=adapter, language=language, batch_size=8)
     t0 = time.perf_counter()
@@ -119,10 +119,10 @@ def main() -> None:
     ap.add_argument("--json", default=None, help="write every row here")
     args = ap.parse_args()
 
-    from lora_whisper.data import load_manifest, validate
-    from lora_whisper.engine import TranscribeOptions
-    from lora_whisper.registry import Registry
-    from lora_whisper.runtime import build_engine
+    from lora_whisper.adapters.registry import Registry
+    from lora_whisper.train.data import load_manifest, validate
+    from lora_whisper.transcribe.engine import TranscribeOptions
+    from lora_whisper.transcribe.runtime import build_engine
 
     sections = set(args.sections.split(","))
     reg = Registry(args.registry)
@@ -184,8 +184,8 @@ def main() -> None:
         dump["other/base"], dump["other/routed"] = b_rows, r_rows
 
     if "espeak" in sections:
-        from lora_whisper.base import cache_dir
-        from lora_whisper.synth import TEST_VARIANTS, synthesize, voices_for
+        from lora_whisper.base.loading import cache_dir
+        from lora_whisper.train.synth import TEST_VARIANTS, synthesize, voices_for
 
         print("\n## synthetic speech (espeak-ng) of nearby languages, no language, --adapter auto")
         print(

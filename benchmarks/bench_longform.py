@@ -26,7 +26,7 @@ LABEL = {"none": "float32", "dynamic": "dynamic int8", "int8": "8-bit (bitsandby
 
 
 def build_files(speech: Path | None, audio: Path, min_minutes: float, max_files: int):
-    from lora_whisper.audio import load_audio
+    from lora_whisper.transcribe.audio import load_audio
 
     files = []  # (name, samples, language, reference text, [clip boundary times])
 
@@ -92,8 +92,8 @@ def main() -> None:
     import torch
     from faster_whisper import BatchedInferencePipeline, WhisperModel
 
-    from lora_whisper.base import load_base, offline_ct2_path, quiet_libraries
-    from lora_whisper.engine import Engine, TranscribeOptions
+    from lora_whisper.base.loading import load_base, offline_ct2_path, quiet_libraries
+    from lora_whisper.transcribe.engine import Engine, TranscribeOptions
 
     quiet_libraries()
     torch.set_num_threads(args.threads)

@@ -30,7 +30,7 @@ GAP = 0.5
 def joined(clips: Path, minutes: float, out: Path) -> float:
     import soundfile as sf
 
-    from lora_whisper.audio import load_audio
+    from lora_whisper.transcribe.audio import load_audio
 
     rows = [json.loads(x) for x in (clips / "manifest.jsonl").read_text().splitlines() if x.strip()]
     parts = [load_audio(clips / r["audio"]) for r in rows]

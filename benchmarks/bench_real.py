@@ -49,7 +49,7 @@ class Clip:
 
 
 def real_clips(cv: str | None, cv_max: int | None) -> list[Clip]:
-    from lora_whisper.audio import load_audio
+    from lora_whisper.transcribe.audio import load_audio
 
     out = []
     for line in (AUDIO / "manifest.jsonl").read_text().splitlines():
@@ -66,8 +66,8 @@ def real_clips(cv: str | None, cv_max: int | None) -> list[Clip]:
 
 
 def synthetic_clips(records, per_set: int) -> list[Clip]:
-    from lora_whisper.config import load_recipe
-    from lora_whisper.train import load_splits
+    from lora_whisper.train.recipe import load_recipe
+    from lora_whisper.train.trainer import load_splits
 
     out = []
     for rec in records:
@@ -144,7 +144,7 @@ class Probe:
 def decide(clip: Clip, records, domains: list[str], gate: str) -> tuple[str, str | None]:
     """(language, adapter ref) the engine would choose for this clip: route() on the base's probabilities, then
     adapter-consulted detection when the gate says so (the engine's _consult, with old or new gate functions)."""
-    from lora_whisper.routing import RouteRequest, accept_claim, route, should_consult
+    from lora_whisper.transcribe.routing import RouteRequest, accept_claim, route, should_consult
 
     r = route(clip.probs, records, RouteRequest(domain=domains or None))
     cands = [x for x in records if x.active and ((x.domain in domains) if domains else not x.domain)]
@@ -214,7 +214,7 @@ def main() -> None:
     sections = set(args.sections.split(","))
 
     if args.from_probs:
-        from lora_whisper.registry import AdapterRecord
+        from lora_whisper.adapters.registry import AdapterRecord
 
         data = json.loads(Path(args.from_probs).read_text())
         recs = [
@@ -251,12 +251,12 @@ def main() -> None:
 
     import torch
 
-    from lora_whisper.base import load_base, quiet_libraries
-    from lora_whisper.data import Example
-    from lora_whisper.engine import Engine, TranscribeOptions
-    from lora_whisper.evaluation import evaluate
-    from lora_whisper.registry import Registry
+    from lora_whisper.adapters.registry import Registry
+    from lora_whisper.base.loading import load_base, quiet_libraries
     from lora_whisper.scoring import score
+    from lora_whisper.train.data import Example
+    from lora_whisper.train.evaluation import evaluate
+    from lora_whisper.transcribe.engine import Engine, TranscribeOptions
 
     quiet_libraries()
     torch.set_num_threads(args.threads)
@@ -277,7 +277,7 @@ def main() -> None:
         elif en is None:
             print("cv: skipped (no English adapter in the registry)")
         else:
-            from lora_whisper.data import load_manifest, validate
+            from lora_whisper.train.data import load_manifest, validate
 
             dev = validate(load_manifest(args.cv, split="dev", split_column="split", language="en")).examples
             dev = dev[: args.cv_max or None]

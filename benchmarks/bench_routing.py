@@ -44,13 +44,13 @@ def main() -> None:
     import torch
     from faster_whisper import WhisperModel, decode_audio
 
-    from lora_whisper.audio import load_audio
-    from lora_whisper.base import load_base, offline_ct2_path, quiet_libraries
-    from lora_whisper.config import load_recipe
-    from lora_whisper.engine import Engine, TranscribeOptions, adapter_key
-    from lora_whisper.registry import Registry
+    from lora_whisper.adapters.registry import Registry
+    from lora_whisper.base.loading import load_base, offline_ct2_path, quiet_libraries
     from lora_whisper.scoring import score
-    from lora_whisper.train import load_data
+    from lora_whisper.train.recipe import load_recipe
+    from lora_whisper.train.trainer import load_data
+    from lora_whisper.transcribe.audio import load_audio
+    from lora_whisper.transcribe.engine import Engine, TranscribeOptions, adapter_key
 
     quiet_libraries()
     torch.set_num_threads(args.threads)

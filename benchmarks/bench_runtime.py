@@ -62,10 +62,10 @@ def main() -> None:
     files = [a.folder / m["audio"] for m in manifest]
     seconds = sum(m.get("duration_s", 0) for m in manifest)
 
-    from lora_whisper.audio import load_audio
-    from lora_whisper.engine import TranscribeOptions
-    from lora_whisper.runtime import build_engine
-    from lora_whisper.runtime_ct2 import fw_options, load_ct2_base
+    from lora_whisper.transcribe.audio import load_audio
+    from lora_whisper.transcribe.engine import TranscribeOptions
+    from lora_whisper.transcribe.runtime import build_engine
+    from lora_whisper.transcribe.runtime_ct2 import fw_options, load_ct2_base
 
     options = TranscribeOptions(adapter="none")
     audios = [load_audio(f) for f in files]
@@ -128,11 +128,11 @@ def main() -> None:
     import torch
     from peft import get_peft_model
 
-    from lora_whisper.base import load_model
-    from lora_whisper.compile import compile_adapter
-    from lora_whisper.lora import lora_config, save_adapter
-    from lora_whisper.registry import AdapterRecord, Registry
-    from lora_whisper.runtime_ct2 import CT2Runtime
+    from lora_whisper.adapters.compile import compile_adapter
+    from lora_whisper.adapters.lora import lora_config, save_adapter
+    from lora_whisper.adapters.registry import AdapterRecord, Registry
+    from lora_whisper.base.loading import load_model
+    from lora_whisper.transcribe.runtime_ct2 import CT2Runtime
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-runtime-"))
     reg = Registry(tmp / "adapters")
@@ -175,7 +175,7 @@ def main() -> None:
         rt2.load(recs[k % 2])
         warm.append(1000 * (time.perf_counter() - t))
     # an adapter forced on the French files, against faster-whisper on the compiled (merged) folder
-    from lora_whisper.engine import Engine
+    from lora_whisper.transcribe.engine import Engine
 
     fr = [(f, au) for f, au, m in zip(files, audios, manifest) if m["lang"] == "fr"]
     eng = Engine(None, reg, 2, runtime=rt2)
@@ -203,14 +203,14 @@ def main() -> None:
 
 def only(a, files, audios, manifest, options) -> None:
     """One system in this process: its time, WER and the whole process's peak RSS (nothing else loaded)."""
-    from lora_whisper.engine import TranscribeOptions
-    from lora_whisper.runtime import build_engine
+    from lora_whisper.transcribe.engine import TranscribeOptions
+    from lora_whisper.transcribe.runtime import build_engine
 
     warm = [("warm", audios[0][:16000])]
     if a.only == "fw":
         from faster_whisper import WhisperModel
 
-        from lora_whisper.runtime_ct2 import fw_options, load_ct2_base
+        from lora_whisper.transcribe.runtime_ct2 import fw_options, load_ct2_base
 
         fw = WhisperModel(str(load_ct2_base(a.base).ct2_path), device="cpu", compute_type="int8", cpu_threads=a.threads)
         fw.transcribe(warm[0][1], **fw_options(options, "en"))

@@ -47,9 +47,9 @@ def make_adapters(base, langs: list[str], registry) -> None:
     import torch
     from peft import get_peft_model
 
-    from lora_whisper.base import load_model
-    from lora_whisper.lora import lora_config, save_adapter
-    from lora_whisper.registry import AdapterRecord
+    from lora_whisper.adapters.lora import lora_config, save_adapter
+    from lora_whisper.adapters.registry import AdapterRecord
+    from lora_whisper.base.loading import load_model
 
     model = load_model(base.path, "none", "cpu")
     for k, lang in enumerate(langs):
@@ -184,11 +184,11 @@ def main() -> None:
 
     import torch
 
-    from lora_whisper.audio import AUDIO_EXTENSIONS, AudioError, load_audio
-    from lora_whisper.base import load_base, quiet_libraries
+    from lora_whisper.adapters.registry import Registry
+    from lora_whisper.base.loading import load_base, quiet_libraries
     from lora_whisper.cli import _inference_quantize
-    from lora_whisper.engine import Engine, TranscribeOptions
-    from lora_whisper.registry import Registry
+    from lora_whisper.transcribe.audio import AUDIO_EXTENSIONS, AudioError, load_audio
+    from lora_whisper.transcribe.engine import Engine, TranscribeOptions
 
     quiet_libraries()
     torch.set_num_threads(args.threads)

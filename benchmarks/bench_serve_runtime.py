@@ -31,7 +31,7 @@ def main() -> None:
     ap.add_argument("--max-batch", type=int, default=8)
     a = ap.parse_args()
 
-    from lora_whisper.audio import AUDIO_EXTENSIONS, audio_info
+    from lora_whisper.transcribe.audio import AUDIO_EXTENSIONS, audio_info
 
     clips = sorted(p for p in Path(a.clips).iterdir() if p.suffix.lower() in AUDIO_EXTENSIONS)
     payloads = [(p.name, p.read_bytes(), audio_info(p)) for p in clips]

@@ -26,7 +26,7 @@ from bench_longform import score  # noqa: E402  (the same scoring as the long-fo
 
 
 def load_set(folder: Path, split: str | None):
-    from lora_whisper.audio import load_audio
+    from lora_whisper.transcribe.audio import load_audio
 
     rows = [json.loads(x) for x in (folder / "manifest.jsonl").read_text().splitlines() if x.strip()]
     if split:
@@ -47,8 +47,8 @@ def main() -> None:
     import torch
     from faster_whisper import WhisperModel
 
-    from lora_whisper.base import load_base, offline_ct2_path, quiet_libraries
-    from lora_whisper.engine import Engine, TranscribeOptions
+    from lora_whisper.base.loading import load_base, offline_ct2_path, quiet_libraries
+    from lora_whisper.transcribe.engine import Engine, TranscribeOptions
 
     quiet_libraries()
     torch.set_num_threads(args.threads)

@@ -27,11 +27,11 @@ def one(config: str, steps: int, threads: int) -> dict:
     import torch
     from peft import get_peft_model, prepare_model_for_kbit_training
 
-    from lora_whisper.base import load_base, quiet_libraries
-    from lora_whisper.config import find_recipe, load_recipe
-    from lora_whisper.data import validate
-    from lora_whisper.lora import lora_config
-    from lora_whisper.train import _Collator, _dataset, load_data
+    from lora_whisper.adapters.lora import lora_config
+    from lora_whisper.base.loading import load_base, quiet_libraries
+    from lora_whisper.train.data import validate
+    from lora_whisper.train.recipe import find_recipe, load_recipe
+    from lora_whisper.train.trainer import _Collator, _dataset, load_data
 
     quiet_libraries()
     torch.set_num_threads(threads)

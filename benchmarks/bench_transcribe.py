@@ -26,9 +26,9 @@ def main() -> None:
     import torch
     from faster_whisper import WhisperModel, decode_audio
 
-    from lora_whisper.audio import load_audio
-    from lora_whisper.base import load_base, offline_ct2_path, quiet_libraries
-    from lora_whisper.engine import Engine, TranscribeOptions
+    from lora_whisper.base.loading import load_base, offline_ct2_path, quiet_libraries
+    from lora_whisper.transcribe.audio import load_audio
+    from lora_whisper.transcribe.engine import Engine, TranscribeOptions
 
     quiet_libraries()
     torch.set_num_threads(args.threads)

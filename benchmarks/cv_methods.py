@@ -24,8 +24,8 @@ sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1]
 from peft import get_peft_model
 from transformers.modeling_outputs import BaseModelOutput
 
-from lora_whisper.base import load_base
-from lora_whisper.lora import lora_config
+from lora_whisper.adapters.lora import lora_config
+from lora_whisper.base.loading import load_base
 from lora_whisper.scoring import score
 
 name, r, lr, epochs = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
@@ -50,7 +50,7 @@ rows = rows[: len(H)]
 train_idx = [i for i, r_ in enumerate(rows) if r_["split"] == "train"]
 dev_idx = [i for i, r_ in enumerate(rows) if r_["split"] == "dev"]
 # validation: train speakers held out, exactly as train.py does it (data.hold_out_speakers, n=80, seed 0)
-from lora_whisper.data import Example, hold_out_speakers
+from lora_whisper.train.data import Example, hold_out_speakers
 
 NTRAIN_ROWS = int(__import__("os").environ.get("NTRAIN_ROWS", "440"))
 train_idx = train_idx[:NTRAIN_ROWS]

@@ -18,8 +18,8 @@ import torch
 
 torch.set_num_threads(int(os.environ.get("THREADS", "1")))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from lora_whisper.audio import load_audio
-from lora_whisper.base import load_base
+from lora_whisper.base.loading import load_base
+from lora_whisper.transcribe.audio import load_audio
 
 root = Path(os.environ["CV_EN_MANIFEST"]).parent
 rows = [json.loads(l) for l in (root / "manifest.jsonl").read_text().splitlines() if l.strip()]

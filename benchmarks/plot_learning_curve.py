@@ -27,7 +27,7 @@ def main() -> None:
     ap.add_argument("--title", default="Persian adapter: dev (speakers never heard) against training clips")
     args = ap.parse_args()
 
-    from lora_whisper.registry import Registry
+    from lora_whisper.adapters.registry import Registry
 
     prefixes = [p for p in args.names.split(",") if p]
     rows = []

@@ -28,22 +28,22 @@ def _setup_logging(verbose: int) -> None:
 
 
 def _registry(ctx):
-    from .registry import Registry
+    from .adapters.registry import Registry
 
     return Registry(ctx.obj["registry"])
 
 
 def _runtime_kind(ctx, options=None) -> str:
-    from .runtime import resolve_runtime
+    from .transcribe.runtime import resolve_runtime
 
     return resolve_runtime(ctx.obj.get("runtime", "auto"), ctx.obj.get("device"), options)
 
 
 def _engine(ctx, quantize: str | None = None, options=None):
     """The engine over the runtime the global options ask for (``--runtime``; auto: ct2 on CPU, torch on CUDA)."""
-    from .base import BaseModelError
-    from .registry import RegistryError
-    from .runtime import build_engine
+    from .adapters.registry import RegistryError
+    from .base.loading import BaseModelError
+    from .transcribe.runtime import build_engine
 
     o = ctx.obj
     try:
@@ -157,7 +157,7 @@ def base():
 )
 def base_import_ct2(src, out, hub_id):
     """Convert a CTranslate2 / faster-whisper model folder SRC into a transformers model folder OUT."""
-    from .ct2 import CT2FormatError, import_ct2
+    from .base.ct2 import CT2FormatError, import_ct2
 
     try:
         path = import_ct2(src, out, hub_id=hub_id)
@@ -170,7 +170,7 @@ def base_import_ct2(src, out, hub_id):
 @click.pass_context
 def base_info(ctx):
     """Show the base's identity (hub id, weight fingerprint, path)."""
-    from .base import load_base
+    from .base.loading import load_base
 
     b = load_base(ctx.obj["base"], ctx.obj["quantize"], ctx.obj["device"])
     click.echo(
@@ -189,7 +189,7 @@ def base_info(ctx):
 
 # ---- transcribe / detect / eval ------------------------------------------------------------------------------
 def _transcribe_options(**kw):
-    from .engine import TranscribeOptions
+    from .transcribe.engine import TranscribeOptions
 
     return TranscribeOptions(**kw)
 
@@ -276,7 +276,7 @@ def _check_adapter(ctx, adapter: str) -> None:
     """An adapter the user named must exist (one line listing the active ones), before any model loads."""
     if adapter in ("auto", "none", "", None):
         return
-    from .registry import RegistryError
+    from .adapters.registry import RegistryError
 
     reg = _registry(ctx)
     try:
@@ -298,7 +298,7 @@ def _build_options(ctx, *, language=None, languages=None, adapter="auto", temper
     )
     try:
         options.validate()
-        from .runtime import check_runtime_options
+        from .transcribe.runtime import check_runtime_options
 
         check_runtime_options(_runtime_kind(ctx, options), options)
     except ValueError as e:
@@ -366,8 +366,8 @@ def transcribe(ctx, paths, fmt, route_mode, out_dir, combine_weights, verbose_ro
     Long files are decoded like Whisper (timestamps, previous-text prompt, temperature fallback); SRT/VTT cues are
     the decoded segments.
     """
-    from .engine import FileError
-    from .output import render
+    from .transcribe.engine import FileError
+    from .transcribe.output import render
 
     try:
         weights = tuple(float(w) for w in _csv(combine_weights) or [])
@@ -378,7 +378,7 @@ def transcribe(ctx, paths, fmt, route_mode, out_dir, combine_weights, verbose_ro
     kw["domain"] = _csv(kw["domain"])
     options = _build_options(ctx, per_segment=route_mode == "per-segment", combine_weights=weights, **kw)
     engine = _engine(ctx, options=options)
-    from .audio import expand_inputs
+    from .transcribe.audio import expand_inputs
 
     files = expand_inputs(list(paths))
     failed = 0
@@ -416,7 +416,7 @@ def transcribe(ctx, paths, fmt, route_mode, out_dir, combine_weights, verbose_ro
 @click.pass_context
 def detect(ctx, paths, languages, top_k, fmt, batch_size):
     """Print language probabilities detected from the audio."""
-    from .engine import FileError
+    from .transcribe.engine import FileError
 
     engine = _engine(ctx)
     options = _transcribe_options(languages=_csv(languages), top_k=top_k, batch_size=batch_size, adapter="none")
@@ -434,7 +434,7 @@ def detect(ctx, paths, languages, top_k, fmt, batch_size):
 
 
 def _load_data(src: str, language: str | None, split: str, audio_column: str, text_column: str, limit: int | None):
-    from .data import DataError, load_folder, load_hub, load_manifest
+    from .train.data import DataError, load_folder, load_hub, load_manifest
 
     p = Path(src)
     try:
@@ -463,7 +463,7 @@ def _load_data(src: str, language: str | None, split: str, audio_column: str, te
 @click.pass_context
 def eval_cmd(ctx, src, adapter, language, domain, split, audio_column, text_column, limit, fmt, rows):
     """WER and CER (raw and normalized) of the base or an adapter on a data set."""
-    from .evaluation import evaluate
+    from .train.evaluation import evaluate
 
     loaded = _load_data(src, None, split, audio_column, text_column, limit)
     for r in loaded.rejected:
@@ -502,8 +502,8 @@ def train(ctx, language, domain, recipe_path, overrides, resume, no_progress):
 
     Training runs on torch; the before/after figures are measured on the runtime `transcribe` uses (--runtime).
     """
-    from .base import quiet_libraries
-    from .config import RecipeError, find_recipe, load_recipe
+    from .base.loading import quiet_libraries
+    from .train.recipe import RecipeError, find_recipe, load_recipe
 
     quiet_libraries()
 
@@ -513,7 +513,7 @@ def train(ctx, language, domain, recipe_path, overrides, resume, no_progress):
         recipe_path = find_recipe(language, domain)
     fields = {"language": language, "domain": domain}
     if recipe_path is None and language:
-        from .synth import corpus_path
+        from .train.synth import corpus_path
 
         name = f"{language}-{domain}" if domain else language
         try:
@@ -538,8 +538,8 @@ def train(ctx, language, domain, recipe_path, overrides, resume, no_progress):
         recipe.lora.scope,
         recipe.lora.r,
     )
-    from .base import BaseModelError
-    from .train import train as run_train
+    from .base.loading import BaseModelError
+    from .train.trainer import train as run_train
 
     try:
         result = run_train(
@@ -579,7 +579,7 @@ def train(ctx, language, domain, recipe_path, overrides, resume, no_progress):
 @click.pass_context
 def export_cmd(ctx, ref, out_dir, ct2, ct2_quantization):
     """Write a full merged model (transformers format), optionally also for faster-whisper."""
-    from .export import export_merged
+    from .adapters.export import export_merged
 
     paths = _registry_call(
         export_merged,
@@ -602,8 +602,8 @@ def adapters():
 
 
 def _registry_call(fn, *args, **kw):
-    from .hub import HubError
-    from .registry import RegistryError
+    from .adapters.hub import HubError
+    from .adapters.registry import RegistryError
 
     try:
         return fn(*args, **kw)
@@ -617,7 +617,7 @@ def _threshold(record) -> str:
 
 
 def _compiled(record) -> list:
-    from .compile import list_compiled
+    from .adapters.compile import list_compiled
 
     try:
         return list_compiled(record)
@@ -673,9 +673,9 @@ def adapters_list(ctx, show_all, fmt):
 def adapters_compile(ctx, refs, force):
     """Compile NAME[@VERSION] for the ct2 runtime ahead of use: merged into the base in float32, converted by
     CTranslate2 (int8; float32 with --quantize none), kept in the registry beside that version."""
-    from .base import BaseModelError
-    from .compile import compile_adapter
-    from .runtime_ct2 import load_ct2_base
+    from .adapters.compile import compile_adapter
+    from .base.loading import BaseModelError
+    from .transcribe.runtime_ct2 import load_ct2_base
 
     reg = _registry(ctx)
     records = [_registry_call(reg.get, ref) for ref in refs]
@@ -730,7 +730,7 @@ def adapters_import(ctx, src, name, language, domain):
     if Path(src).is_dir():
         rec = _registry_call(reg.import_folder, src, name=name, language=language, domain=domain)
     else:
-        from .hub import pull as hub_pull
+        from .adapters.hub import pull as hub_pull
 
         rec = _registry_call(hub_pull, reg, src, name=name, language=language, domain=domain)
     click.echo(f"imported {rec.ref} ({rec.language}{'/' + rec.domain if rec.domain else ''})")
@@ -752,7 +752,7 @@ def adapters_export(ctx, ref, out):
 @click.pass_context
 def push(ctx, ref, repo, private):
     """Upload an adapter to the Hugging Face Hub (PEFT layout + model card)."""
-    from .hub import push as hub_push
+    from .adapters.hub import push as hub_push
 
     click.echo(_registry_call(hub_push, _registry(ctx), ref, repo, private=private))
 
@@ -766,15 +766,15 @@ def push(ctx, ref, repo, private):
 @click.pass_context
 def pull(ctx, repo, name, language, domain, revision):
     """Download an adapter from the Hub into the registry (safetensors only, checked)."""
-    from .hub import pull as hub_pull
+    from .adapters.hub import pull as hub_pull
 
     rec = _registry_call(hub_pull, _registry(ctx), repo, name=name, language=language, domain=domain, revision=revision)
     click.echo(f"pulled {repo} -> {rec.ref}")
 
 
 # ---- commands kept in their own modules (one owner each) --------------------------------------------------------
-from .batch import batch as _batch_command  # noqa: E402
-from .server import serve as _serve_command  # noqa: E402
+from .batch.runner import batch as _batch_command  # noqa: E402
+from .serve.app import serve as _serve_command  # noqa: E402
 
 main.add_command(_serve_command, "serve")
 main.add_command(_batch_command, "batch")

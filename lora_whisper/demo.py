@@ -10,12 +10,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .base import load_base, quiet_libraries
-from .config import find_recipe, load_recipe
-from .engine import Engine, TranscribeOptions
-from .registry import Registry
+from .adapters.registry import Registry
+from .base.loading import load_base, quiet_libraries
 from .scoring import score
-from .train import load_data
+from .train.recipe import find_recipe, load_recipe
+from .train.trainer import load_data
+from .transcribe.engine import Engine, TranscribeOptions
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -42,7 +42,7 @@ def tiny_model_dir(tmp_path_factory, cache_dir) -> Path:
     import torch
     from transformers import WhisperConfig, WhisperForConditionalGeneration
 
-    from lora_whisper.ct2 import build_generation_config, build_processor
+    from lora_whisper.base.ct2 import build_generation_config, build_processor
 
     out = tmp_path_factory.mktemp("tiny-whisper")
     src = _part1_data()
@@ -79,14 +79,14 @@ def tiny_model_dir(tmp_path_factory, cache_dir) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_base(tiny_model_dir):
-    from lora_whisper.base import load_base
+    from lora_whisper.base.loading import load_base
 
     return load_base(str(tiny_model_dir), quantize="none", device="cpu")
 
 
 @pytest.fixture(scope="session")
 def offline_base(cache_dir):
-    from lora_whisper.base import load_base
+    from lora_whisper.base.loading import load_base
 
     return load_base("offline", quantize="int8", device="cpu")
 
@@ -131,8 +131,8 @@ def tiny_adapter_factory(tiny_model_dir, tmp_path_factory):
     from peft import get_peft_model
     from transformers import WhisperForConditionalGeneration
 
-    from lora_whisper.base import weights_fingerprint
-    from lora_whisper.lora import lora_config, save_adapter
+    from lora_whisper.adapters.lora import lora_config, save_adapter
+    from lora_whisper.base.loading import weights_fingerprint
 
     fp = weights_fingerprint(tiny_model_dir)
     made = {}
@@ -157,7 +157,7 @@ def tiny_adapter_factory(tiny_model_dir, tmp_path_factory):
 
 
 def file_adapter(registry, folder, name, language, domain=None, fingerprint=None, scope="encoder+decoder", **kw):
-    from lora_whisper.registry import AdapterRecord
+    from lora_whisper.adapters.registry import AdapterRecord
 
     rec = AdapterRecord(
         name=name,

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from lora_whisper.base import BaseModelError, load_base, weights_fingerprint
-from lora_whisper.ct2 import CT2FormatError, import_ct2, parse_ct2_model
+from lora_whisper.base.ct2 import CT2FormatError, import_ct2, parse_ct2_model
+from lora_whisper.base.loading import BaseModelError, load_base, weights_fingerprint
 
 
 def test_ct2_round_trip_matches_transformers(tiny_model_dir, tmp_path):
@@ -65,7 +65,7 @@ def test_load_base_errors(tmp_path):
     with pytest.raises(BaseModelError, match="not a model folder"):
         load_base(str(tmp_path / "nope"))
     with pytest.raises(BaseModelError, match="quantize"):
-        from lora_whisper.base import load_model
+        from lora_whisper.base.loading import load_model
 
         load_model(tmp_path, quantize="int4")
 

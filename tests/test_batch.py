@@ -19,7 +19,8 @@ from conftest import file_adapter
 
 ray = pytest.importorskip("ray")
 
-from lora_whisper.batch import (  # noqa: E402
+from lora_whisper.adapters.registry import Registry  # noqa: E402
+from lora_whisper.batch.runner import (  # noqa: E402
     FAULT_ENV,
     BatchError,
     BatchOptions,
@@ -31,8 +32,7 @@ from lora_whisper.batch import (  # noqa: E402
     read_output,
     run_batch,
 )
-from lora_whisper.engine import Engine, TranscribeOptions  # noqa: E402
-from lora_whisper.registry import Registry  # noqa: E402
+from lora_whisper.transcribe.engine import Engine, TranscribeOptions  # noqa: E402
 
 N_GOOD = 8
 BAD = ("empty.wav", "notes.wav", "silence.wav")
@@ -70,8 +70,8 @@ def registry(model_dir, tmp_path_factory) -> Registry:
     from peft import get_peft_model
     from transformers import WhisperForConditionalGeneration
 
-    from lora_whisper.base import weights_fingerprint
-    from lora_whisper.lora import lora_config, save_adapter
+    from lora_whisper.adapters.lora import lora_config, save_adapter
+    from lora_whisper.base.loading import weights_fingerprint
 
     root = tmp_path_factory.mktemp("batch-reg")
     reg = Registry(root / "adapters")
@@ -124,7 +124,7 @@ def _expected(model_dir, registry, files, topts) -> list[dict]:
     """What the plain engine gives for the same files (one thread, as a Ray actor with one CPU runs)."""
     import torch
 
-    from lora_whisper.base import load_base
+    from lora_whisper.base.loading import load_base
 
     n = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -211,7 +211,7 @@ def test_routes_detected_once_across_runs(ray_local, model_dir, registry, audio_
     s2, rows2, _ = _run([audio_dir], out, model_dir, registry)
     assert s2.skipped == 0 and s2.detected == N_GOOD - 4 + len(BAD) and s2.done == N_GOOD + len(BAD)
     assert rows2 == _expected(model_dir, registry, sorted(audio_dir.iterdir()), _topts())
-    from lora_whisper.batch import _read_routes, _route_signature
+    from lora_whisper.batch.runner import _read_routes, _route_signature
 
     sig = _route_signature(_topts(), _spec(model_dir, registry))
     assert len(_read_routes(out / "routes.jsonl", sig)) == N_GOOD  # unreadable files are not remembered
@@ -414,10 +414,10 @@ def test_real_base_rows_equal_transcribe_cli(ray_local, cache_dir, tmp_path):
     from peft import get_peft_model
     from transformers import WhisperForConditionalGeneration
 
-    from lora_whisper.base import resolve_base, weights_fingerprint
+    from lora_whisper.adapters.lora import lora_config, save_adapter
+    from lora_whisper.adapters.registry import AdapterRecord
+    from lora_whisper.base.loading import resolve_base, weights_fingerprint
     from lora_whisper.cli import main
-    from lora_whisper.lora import lora_config, save_adapter
-    from lora_whisper.registry import AdapterRecord
 
     path, hub_id = resolve_base("offline")
     reg = Registry(tmp_path / "adapters")

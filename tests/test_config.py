@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from lora_whisper.config import RecipeError, find_recipe, load_recipe
+from lora_whisper.train.recipe import RecipeError, find_recipe, load_recipe
 
 RECIPES = sorted((Path(__file__).parents[1] / "recipes").glob("*.yaml"))
 
@@ -17,7 +17,7 @@ def test_every_recipe_loads_and_names_its_command(path, monkeypatch):
     if "--recipe" not in first:
         assert f"--lang {recipe.language}" in first and f"--domain {recipe.domain}" in first
     if recipe.data.source == "synthetic":
-        from lora_whisper.synth import corpus_path, read_corpus
+        from lora_whisper.train.synth import corpus_path, read_corpus
 
         train, test = read_corpus(corpus_path(recipe.data.corpus))
         assert len(train) >= 250 and len(test) >= 60 and not set(train) & set(test)
@@ -79,7 +79,7 @@ def test_real_speech_recipe_takes_the_manifest_from_the_environment(monkeypatch,
     monkeypatch.setenv("CV_EN_MANIFEST", str(tmp_path / "cv.jsonl"))
     r = load_recipe(path)
     assert r.data.speaker_column == "speaker" and r.data.validation > 0 and r.language == "en"
-    from lora_whisper.config import expand_path
+    from lora_whisper.train.recipe import expand_path
 
     assert expand_path(r.data.train) == str(tmp_path / "cv.jsonl")
 
@@ -132,7 +132,7 @@ def test_gpu_recipe_for_persian_validates():
 def test_persian_cpu_recipe_takes_its_manifest_from_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("CV_FA_MANIFEST", str(tmp_path / "m.jsonl"))
     r = load_recipe(Path(__file__).parents[1] / "recipes" / "fa-commonvoice.yaml")
-    from lora_whisper.config import expand_path
+    from lora_whisper.train.recipe import expand_path
 
     assert r.language == "fa" and r.base.quantize == "int8" and r.data.validation > 0 and r.data.test_split == "dev"
     assert expand_path(r.data.train) == str(tmp_path / "m.jsonl")

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from lora_whisper.data import DataError, load_folder, load_manifest, rows_from_dataset, validate
+from lora_whisper.train.data import DataError, load_folder, load_manifest, rows_from_dataset, validate
 
 
 @pytest.fixture()
@@ -76,7 +76,7 @@ def test_hub_style_dataset_rows(wavs):
 def test_synthetic_speech_both_backends(tmp_path):
     import shutil
 
-    from lora_whisper.synth import TRAIN_VARIANTS, Voice, speak, synthesize, voices_for
+    from lora_whisper.train.synth import TRAIN_VARIANTS, Voice, speak, synthesize, voices_for
 
     v = Voice("fr+m3", 160, 50)
     lib = speak("Le patient tousse.", v, "library")
@@ -93,7 +93,7 @@ def test_synthetic_speech_both_backends(tmp_path):
 
 
 def test_manifest_splits_and_speakers(tmp_path, clips):
-    from lora_whisper.data import DataError, hold_out_speakers, load_manifest
+    from lora_whisper.train.data import DataError, hold_out_speakers, load_manifest
 
     rows = []
     for i in range(30):

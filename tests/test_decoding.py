@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from lora_whisper.decoding import Piece, log_mel_chunked, text_compression_ratio
-from lora_whisper.engine import Engine, Segment, TranscribeOptions, Transcription
-from lora_whisper.output import render
+from lora_whisper.transcribe.decoding import Piece, log_mel_chunked, text_compression_ratio
+from lora_whisper.transcribe.engine import Engine, Segment, TranscribeOptions, Transcription
+from lora_whisper.transcribe.output import render
 
 GREEDY = dict(temperature=(0.0,), max_new_tokens=6)
 
@@ -46,7 +46,7 @@ def test_chunked_log_mel_matches_the_feature_extractor(tiny_base, seconds):
 
 def test_prompt_rows_of_the_output_head_are_skipped_without_changing_the_text(tiny_base, wavs, monkeypatch):
     """The previous-text prompt's positions get no vocabulary logits during generate; the transcript is the same."""
-    from lora_whisper import decoding
+    from lora_whisper.transcribe import decoding
 
     e = Engine(tiny_base)
     opts = TranscribeOptions(language="fr", initial_prompt="Bonjour tout le monde, voici un texte.", **GREEDY)
@@ -78,8 +78,8 @@ def _spy_generate(engine, what) -> list:
 
 
 def test_long_input_is_decoded_in_blocks_with_times_inside(tiny_base, monkeypatch):
-    from lora_whisper import decoding
-    from lora_whisper import engine as eng
+    from lora_whisper.transcribe import decoding
+    from lora_whisper.transcribe import engine as eng
 
     monkeypatch.setattr(eng, "BLOCK_SECONDS", 40.0)
     monkeypatch.setattr(decoding, "BLOCK_SECONDS", 40.0)
@@ -100,8 +100,8 @@ def test_long_input_is_decoded_in_blocks_with_times_inside(tiny_base, monkeypatc
 def test_next_block_is_prompted_with_the_tokens_before_it(tiny_base, monkeypatch):
     """Across a block edge the prompt is the decoded tokens (timestamps included), as Whisper's; off without
     condition_on_previous_text."""
-    from lora_whisper import decoding
-    from lora_whisper import engine as eng
+    from lora_whisper.transcribe import decoding
+    from lora_whisper.transcribe import engine as eng
 
     monkeypatch.setattr(eng, "BLOCK_SECONDS", 40.0)
     monkeypatch.setattr(decoding, "BLOCK_SECONDS", 40.0)
@@ -213,7 +213,7 @@ def test_srt_vtt_cues_are_segments_and_valid():
     ],
 )
 def test_bad_options_fail_before_loading(tmp_path, args, message, monkeypatch):
-    from lora_whisper import base as base_mod
+    from lora_whisper.base.loading import loading as base_mod
     from lora_whisper.cli import main
 
     def no_load(*a, **k):
@@ -235,7 +235,7 @@ def test_language_names_are_accepted(tmp_path, monkeypatch):
 def test_adapter_active_during_long_form_keeps_segments(tiny_base, tmp_path, tiny_adapter_factory):
     from conftest import file_adapter
 
-    from lora_whisper.registry import Registry
+    from lora_whisper.adapters.registry import Registry
 
     reg = Registry(tmp_path / "adapters")
     file_adapter(

@@ -7,9 +7,9 @@ import pytest
 import torch
 from conftest import file_adapter
 
-from lora_whisper.base import load_base
-from lora_whisper.engine import Engine, TranscribeOptions
-from lora_whisper.registry import Registry
+from lora_whisper.adapters.registry import Registry
+from lora_whisper.base.loading import load_base
+from lora_whisper.transcribe.engine import Engine, TranscribeOptions
 
 
 @pytest.fixture()
@@ -56,7 +56,7 @@ def test_grouped_mixed_and_single_agree(fp32_base, reg, wavs):
     for f, ref in zip(files, ["fr@1", "de@1", "none", "fr-medical@1", "fr@1", "de@1"]):
         singles += [r.text for r in _texts(engine, [f], adapter=ref, language="fr")]
     # the same mix in one call: the route comes from the language+domain policy, so build it from forced refs
-    from lora_whisper import engine as eng
+    from lora_whisper.transcribe import engine as eng
 
     mixed, grouped = [], []
     rows_calls = []
@@ -67,7 +67,7 @@ def test_grouped_mixed_and_single_agree(fp32_base, reg, wavs):
         orig = eng.route
 
         def fake_route(probs, records, request, _refs=refs):
-            from lora_whisper.routing import Route
+            from lora_whisper.transcribe.routing import Route
 
             return Route("fr", None, next(_refs), "test")
 
@@ -111,7 +111,7 @@ def test_combined_adapter_is_derived_and_cached(fp32_base, reg, wavs):
     # each weighting is its own derived adapter (the cache key holds the weights), and each really changes the model
     import torch
 
-    from lora_whisper.audio import load_audio
+    from lora_whisper.transcribe.audio import load_audio
 
     f = engine.features([load_audio(wavs["good"])])
     dec = torch.tensor([[50258, 50265, 50359]])
@@ -136,8 +136,8 @@ def test_combined_adapter_is_derived_and_cached(fp32_base, reg, wavs):
 
 
 def test_more_adapters_in_one_run_than_the_cache_holds(fp32_base, reg, wavs, monkeypatch):
-    from lora_whisper import engine as eng
-    from lora_whisper.routing import Route
+    from lora_whisper.transcribe import engine as eng
+    from lora_whisper.transcribe.routing import Route
 
     files = [wavs["good"], wavs["good2"], wavs["mp3"]]
     refs = ["fr@1", "fr-medical@1", "de@1"]
@@ -181,7 +181,7 @@ def test_export_merged_and_ct2(tmp_path, tiny_model_dir, reg, wavs):
     from peft import PeftModel
     from transformers import WhisperForConditionalGeneration
 
-    from lora_whisper.export import export_merged
+    from lora_whisper.adapters.export import export_merged
 
     paths = export_merged(reg, "fr-medical", tmp_path / "exp", base=str(tiny_model_dir), ct2=True)
     merged = WhisperForConditionalGeneration.from_pretrained(paths[0]).eval()
@@ -248,7 +248,7 @@ def test_dynamic_int8_base_hot_swap_merge_and_mixed(tiny_model_dir, fp32_base, r
     """torch dynamic int8 base (CPU inference): peft wraps its layers, adapters change the text, merging agrees."""
     from peft.tuners.lora import Linear as LoraLinear
 
-    from lora_whisper.int8 import DynamicInt8Linear
+    from lora_whisper.base.int8 import DynamicInt8Linear
 
     dyn = load_base(str(tiny_model_dir), quantize="dynamic", device="cpu")
     assert isinstance(dyn.model.proj_out, DynamicInt8Linear)
@@ -277,8 +277,8 @@ def test_dynamic_int8_base_hot_swap_merge_and_mixed(tiny_model_dir, fp32_base, r
 
 
 def test_dynamic_int8_refuses_training_and_cuda(tiny_model_dir):
-    from lora_whisper.base import BaseModelError, load_model
-    from lora_whisper.int8 import DynamicInt8Linear
+    from lora_whisper.base.int8 import DynamicInt8Linear
+    from lora_whisper.base.loading import BaseModelError, load_model
 
     with pytest.raises(BaseModelError, match="CPU only"):
         load_model(tiny_model_dir, "dynamic", "cuda:0")

@@ -8,7 +8,7 @@ from click.testing import CliRunner
 from conftest import TINY_HUB_ID, file_adapter
 from hubserver import FakeHub
 
-from lora_whisper.registry import Registry
+from lora_whisper.adapters.registry import Registry
 
 
 @pytest.fixture()
@@ -86,7 +86,7 @@ print("PLAIN_PEFT_OK")
 
 
 def test_pull_rejects_pickles_and_bad_names(hub, tmp_path, tiny_adapter_factory):
-    from lora_whisper.hub import HubError, pull
+    from lora_whisper.adapters.hub import HubError, pull
 
     hub.repos["evil/pickled"] = {"adapter_config.json": b"{}", "adapter_model.bin": b"\x80\x04."}
     hub.commits["evil/pickled"] = "1" * 40
@@ -122,8 +122,8 @@ def test_push_without_token_fails_before_work(tmp_path, monkeypatch, tiny_adapte
 def test_card_reports_in_and_out_of_template_figures_and_inactive_status():
     from huggingface_hub.repocard import RepoCard
 
-    from lora_whisper.hub import model_card
-    from lora_whisper.registry import AdapterRecord
+    from lora_whisper.adapters.hub import model_card
+    from lora_whisper.adapters.registry import AdapterRecord
 
     ev = [
         {
@@ -168,8 +168,8 @@ def test_card_reports_in_and_out_of_template_figures_and_inactive_status():
 def test_card_model_index_has_base_and_adapter_figures_and_the_routing_threshold():
     from huggingface_hub.repocard import RepoCard
 
-    from lora_whisper.hub import model_card
-    from lora_whisper.registry import AdapterRecord
+    from lora_whisper.adapters.hub import model_card
+    from lora_whisper.adapters.registry import AdapterRecord
 
     cal = {
         "threshold": 0.2113,

@@ -25,7 +25,7 @@ def test_jfk_exact_reference_text(cache_dir):
 
 
 def test_detection_right_on_every_clip(offline_base):
-    from lora_whisper.engine import Engine
+    from lora_whisper.transcribe.engine import Engine
 
     engine = Engine(offline_base)
     results = list(engine.detect([AUDIO / r["audio"] for r in MANIFEST]))
@@ -34,9 +34,9 @@ def test_detection_right_on_every_clip(offline_base):
 
 
 def test_eval_real_clips_low_error(offline_base):
-    from lora_whisper.data import load_manifest
-    from lora_whisper.engine import Engine, TranscribeOptions
-    from lora_whisper.evaluation import evaluate
+    from lora_whisper.train.data import load_manifest
+    from lora_whisper.train.evaluation import evaluate
+    from lora_whisper.transcribe.engine import Engine, TranscribeOptions
 
     loaded = load_manifest(AUDIO / "manifest.jsonl")
     report = evaluate(Engine(offline_base), loaded.examples, TranscribeOptions(adapter="none"))

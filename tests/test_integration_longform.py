@@ -13,7 +13,7 @@ CV = Path(__file__).parent / "data" / "cv-en-long"
 
 
 def _joined():
-    from lora_whisper.audio import load_audio
+    from lora_whisper.transcribe.audio import load_audio
 
     rows = [json.loads(x) for x in (CV / "manifest.jsonl").read_text().splitlines() if x.strip()]
     items = [(CV / r["audio"], r["text"]) for r in rows]
@@ -31,16 +31,16 @@ def _joined():
 
 @pytest.fixture(scope="module")
 def engine_fp32():
-    from lora_whisper.base import load_base
-    from lora_whisper.engine import Engine
+    from lora_whisper.base.loading import load_base
+    from lora_whisper.transcribe.engine import Engine
 
     return Engine(load_base("offline", quantize="none", device="cpu"))
 
 
 @pytest.mark.parametrize("mode", ["sequential", "batched"])
 def test_long_file_text_segments_and_times(engine_fp32, mode):
-    from lora_whisper.engine import Segment, TranscribeOptions
     from lora_whisper.scoring import score
+    from lora_whisper.transcribe.engine import Segment, TranscribeOptions
 
     audio, ref, bounds = _joined()
     duration = len(audio) / 16000
@@ -59,7 +59,7 @@ def test_long_file_text_segments_and_times(engine_fp32, mode):
 
 
 def test_word_timestamps_real(engine_fp32):
-    from lora_whisper.engine import TranscribeOptions
+    from lora_whisper.transcribe.engine import TranscribeOptions
 
     (res,) = engine_fp32.transcribe([AUDIO / "jfk_inaugural.wav"], TranscribeOptions(word_timestamps=True))
     words = [w for s in res.segments for w in s.words]

@@ -45,7 +45,7 @@ def short_run(tmp_path_factory, cache_dir):
         ],
     )
     assert res.exit_code == 0, res.output
-    from lora_whisper.registry import Registry
+    from lora_whisper.adapters.registry import Registry
 
     return Registry(tmp / "adapters")
 
@@ -60,9 +60,9 @@ def test_short_real_training_record(short_run):
 
 
 def test_eval_with_adapter_reproduces_training_figure(short_run, offline_base):
-    from lora_whisper.config import find_recipe, load_recipe
-    from lora_whisper.data import validate
-    from lora_whisper.train import evaluate_adapter, inference_engine, load_data
+    from lora_whisper.train.data import validate
+    from lora_whisper.train.recipe import find_recipe, load_recipe
+    from lora_whisper.train.trainer import evaluate_adapter, inference_engine, load_data
 
     rec = short_run.get("fr-medical")
     recipe = load_recipe(find_recipe("fr", "medical"), ["data.max_train=8", "data.max_test=4"])
@@ -75,7 +75,7 @@ def test_eval_with_adapter_reproduces_training_figure(short_run, offline_base):
 
 def test_routed_real_clips_equal_base_without_matching_adapters(short_run, offline_base):
     """The registry holds only a (fr, medical) adapter; no --domain: every clip goes to the base, unchanged."""
-    from lora_whisper.engine import Engine, TranscribeOptions
+    from lora_whisper.transcribe.engine import Engine, TranscribeOptions
 
     files = [AUDIO / r["audio"] for r in REAL]
     routed = list(Engine(offline_base, short_run).transcribe(files, TranscribeOptions()))
@@ -110,13 +110,13 @@ def test_cli_json_and_bad_inputs_with_real_base(short_run, wavs, tmp_path):
 def test_main_job_adapter_routes_without_language():
     """After `make demo`: held-out French medical speech routes to fr-medical with no language given, and the WER
     equals the adapter's own held-out figure (same clips, same decoding)."""
-    from lora_whisper.base import load_base
-    from lora_whisper.config import load_recipe
-    from lora_whisper.data import validate
-    from lora_whisper.engine import Engine, TranscribeOptions
-    from lora_whisper.registry import Registry
+    from lora_whisper.adapters.registry import Registry
+    from lora_whisper.base.loading import load_base
     from lora_whisper.scoring import score
-    from lora_whisper.train import _max_new_tokens, load_data
+    from lora_whisper.train.data import validate
+    from lora_whisper.train.recipe import load_recipe
+    from lora_whisper.train.trainer import _max_new_tokens, load_data
+    from lora_whisper.transcribe.engine import Engine, TranscribeOptions
 
     reg = Registry(os.environ.get("LORA_WHISPER_ADAPTERS", Path(__file__).parents[1] / "adapters"))
     rec = reg.find("fr", "medical")

@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 from conftest import TINY_HUB_ID, file_adapter
 
-from lora_whisper.registry import (
+from lora_whisper.adapters.registry import (
     AdapterMismatchError,
     AdapterRecord,
     Registry,
@@ -101,7 +101,7 @@ _FILE_MANY = """
 import sys
 sys.path.insert(0, sys.argv[3])
 from conftest import file_adapter
-from lora_whisper.registry import Registry
+from lora_whisper.adapters.registry import Registry
 for _ in range(5):
     file_adapter(Registry(sys.argv[1]), sys.argv[2], "fr-medical", "fr", "medical")
 """
@@ -111,7 +111,9 @@ def test_concurrent_filing_is_consistent(reg, tiny_adapter_factory):
     a = tiny_adapter_factory()
     here = os.path.dirname(__file__)
     procs = [
-        subprocess.Popen([sys.executable, "-c", _FILE_MANY, str(reg.root), str(a), here], stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, "-c", _FILE_MANY, str(reg.root), str(a), here], stderr=subprocess.PIPE, text=True
+        )
         for _ in range(2)
     ]
     try:
@@ -204,7 +206,7 @@ def test_malformed_headers_wrong_types_are_warned_and_skipped(reg, tiny_adapter_
 def test_folders_appearing_or_vanishing_mid_scan(reg, tiny_adapter_factory, monkeypatch):
     from pathlib import Path
 
-    import lora_whisper.registry as registry_mod
+    import lora_whisper.adapters.registry as registry_mod
 
     a = tiny_adapter_factory()
     for name in ("aa", "bb", "cc"):
@@ -238,7 +240,7 @@ def test_folders_appearing_or_vanishing_mid_scan(reg, tiny_adapter_factory, monk
 
 
 def test_inactive_adapter_is_listed_with_its_reason_and_only_forced(reg, tiny_adapter_factory):
-    from lora_whisper.routing import RouteRequest, accept_claim, route
+    from lora_whisper.transcribe.routing import RouteRequest, accept_claim, route
 
     a = tiny_adapter_factory()
     why = "not better than the base on real dev: WER 0.140 vs base 0.130"

@@ -3,8 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from lora_whisper.registry import AdapterRecord
-from lora_whisper.routing import MIN_BASE_PROB, RouteRequest, accept_claim, route, should_consult
+from lora_whisper.adapters.registry import AdapterRecord
+from lora_whisper.transcribe.routing import MIN_BASE_PROB, RouteRequest, accept_claim, route, should_consult
 
 B = {"hub_id": "openai/whisper-base", "fingerprint": "x"}
 RECORDS = [
@@ -117,7 +117,7 @@ def test_real_speech_is_never_moved_to_another_languages_adapter():
 
 @pytest.mark.skipif(not PROBS.is_file(), reason="no measured probabilities")
 def test_a_real_clip_the_old_gate_misrouted_stays_on_the_base():
-    from lora_whisper.routing import RouteRequest, route
+    from lora_whisper.transcribe.routing import RouteRequest, route
 
     recs, clips = _measured()
     by_id = {c["id"]: c for c in clips}
@@ -140,7 +140,7 @@ def test_synthetic_speech_the_base_misdetects_is_still_claimed():
 
 # ---- calibrated claims: a threshold measured per adapter at the end of training ----------------------------------
 def _calibrated(rec, clips, negatives, margin=1.1):
-    from lora_whisper.routing import calibrate
+    from lora_whisper.transcribe.routing import calibrate
 
     pos = [(c["base_probs"], c["own_prob"][rec.ref]) for c in clips if c["language"] == rec.language]
     neg = [(c["base_probs"], c["own_prob"][rec.ref]) for c in negatives]
@@ -150,7 +150,7 @@ def _calibrated(rec, clips, negatives, margin=1.1):
 
 def _decide(clip, recs, domain=None):
     """The engine's decision on stored probabilities: route() on the base's detection, then consulted claims."""
-    from lora_whisper.routing import RouteRequest, route
+    from lora_whisper.transcribe.routing import RouteRequest, route
 
     r = route(clip["base_probs"], recs, RouteRequest(domain=domain))
     if r.adapter:
@@ -162,7 +162,7 @@ def _decide(clip, recs, domain=None):
 
 
 def test_calibrate_puts_the_threshold_above_every_other_language():
-    from lora_whisper.routing import calibrate, claim_score
+    from lora_whisper.transcribe.routing import calibrate, claim_score
 
     pos = [({"fa": 0.4, "ar": 0.5}, 0.99), ({"fa": 0.02, "ur": 0.9}, 0.9), ({"fa": 0.2, "ar": 0.7}, 0.3)]
     neg = [({"ar": 0.95, "fa": 0.03}, 0.97), ({"en": 0.99, "fa": 0.001}, 0.8), ({"ar": 0.9, "fa": 0.08}, 0.2)]

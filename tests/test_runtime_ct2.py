@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 from conftest import file_adapter
 
-from lora_whisper.compile import COMPILED_DIR, compile_adapter, find_compiled, list_compiled
-from lora_whisper.engine import TranscribeOptions
-from lora_whisper.registry import Registry
-from lora_whisper.runtime import TorchOnlyError, build_engine, resolve_runtime
-from lora_whisper.runtime_ct2 import fw_options, load_ct2_base
+from lora_whisper.adapters.compile import COMPILED_DIR, compile_adapter, find_compiled, list_compiled
+from lora_whisper.adapters.registry import Registry
+from lora_whisper.transcribe.engine import TranscribeOptions
+from lora_whisper.transcribe.runtime import TorchOnlyError, build_engine, resolve_runtime
+from lora_whisper.transcribe.runtime_ct2 import fw_options, load_ct2_base
 
 OPTS = dict(max_new_tokens=8, temperature=(0.0,))  # a random tiny model fails every fallback check: stay greedy
 
@@ -49,7 +49,7 @@ def test_auto_runtime_is_ct2_on_cpu_and_torch_for_torch_only_options():
 
 
 def test_decode_equals_faster_whisper_on_the_converted_folder(engine, wavs):
-    from lora_whisper.audio import load_audio
+    from lora_whisper.transcribe.audio import load_audio
 
     assert engine.runtime.kind == "ct2" and engine.base.languages
     files = [wavs["good"], wavs["mp3"]]
@@ -67,7 +67,7 @@ def test_decode_equals_faster_whisper_on_the_converted_folder(engine, wavs):
 
 
 def test_routed_adapter_is_compiled_once_and_decodes_as_the_compiled_folder(engine, reg, wavs):
-    from lora_whisper.audio import load_audio
+    from lora_whisper.transcribe.audio import load_audio
 
     (r,) = engine.transcribe([wavs["good"]], TranscribeOptions(language="fr", **OPTS))
     assert r.adapter == "fr@1" and r.segments and all(s.adapter == "fr@1" for s in r.segments)
@@ -110,8 +110,8 @@ def test_two_concurrent_compiles_leave_one_good_copy(tiny_model_dir, reg):
     b = load_ct2_base(str(tiny_model_dir), "auto", "cpu")
     rec = reg.get("de")
     code = f"""
-from lora_whisper.registry import Registry
-from lora_whisper.compile import compile_adapter
+from lora_whisper.adapters.registry import Registry
+from lora_whisper.adapters.compile import compile_adapter
 rec = Registry({str(reg.root)!r}).get("de")
 c = compile_adapter(rec, {str(b.path)!r}, {b.identity.to_dict()!r}, tokenizer_from={str(b.ct2_path)!r})
 print(c.path, c.built)
@@ -198,7 +198,7 @@ def test_real_base_ct2_text_equals_faster_whisper(cache_dir):
     """The packaged whisper-base on three real clips: the ct2 runtime's text is faster-whisper int8's exactly."""
     from conftest import AUDIO
 
-    from lora_whisper.audio import load_audio
+    from lora_whisper.transcribe.audio import load_audio
 
     files = [AUDIO / n for n in ("jfk_inaugural.wav", "fleurs-fr-000.wav", "fleurs-de-000.wav")]
     engine = build_engine("offline", "auto", "cpu", None, runtime="ct2")
@@ -225,7 +225,7 @@ def test_word_timestamps_vad_and_batched_long_form_run_on_ct2(engine, wavs):
 def test_server_on_ct2_equals_the_engine(engine, wavs):
     from test_server import running
 
-    from lora_whisper.server import ServeOptions  # noqa: F401 - the server module loads without torch on ct2
+    from lora_whisper.serve.app import ServeOptions  # noqa: F401 - the server module loads without torch on ct2
 
     files = [wavs["good"], wavs["good2"]]
     cases = [("auto", {}), ("fr", {"language": "fr"}), ("base", {"language": "de"})]
@@ -257,8 +257,8 @@ def test_consulted_detection_asks_the_compiled_adapters(engine, reg, wavs):
 
 
 def test_torch_runtime_speaks_the_same_interface(tiny_base, wavs):
-    from lora_whisper.audio import load_audio
-    from lora_whisper.runtime import TorchRuntime
+    from lora_whisper.transcribe.audio import load_audio
+    from lora_whisper.transcribe.runtime import TorchRuntime
 
     rt = TorchRuntime(tiny_base)
     audio = load_audio(wavs["good"])

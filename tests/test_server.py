@@ -16,10 +16,10 @@ import pytest
 import soundfile as sf
 from conftest import AUDIO, file_adapter
 
-from lora_whisper.base import load_base
-from lora_whisper.engine import Engine, TranscribeOptions
-from lora_whisper.registry import Registry
-from lora_whisper.server import ServeOptions, bind_socket, create_app, make_server
+from lora_whisper.adapters.registry import Registry
+from lora_whisper.base.loading import load_base
+from lora_whisper.serve.app import ServeOptions, bind_socket, create_app, make_server
+from lora_whisper.transcribe.engine import Engine, TranscribeOptions
 
 try:  # openai >= 3 ships its HTTP client as httpx2; older ones use httpx
     import httpx2 as httpx
@@ -171,7 +171,7 @@ def test_every_format_and_model_matches_the_engine(engine, clips):
         assert j.text == exp.text
         with open(clips[0], "rb") as f:
             assert c.audio.transcriptions.create(model="fr-medical", file=f, response_format="text").strip() == exp.text
-        from lora_whisper.output import render
+        from lora_whisper.transcribe.output import render
 
         for fmt in ("srt", "vtt"):
             r = post(url, "/v1/audio/transcriptions", clips[0], {"model": "fr-medical", "response_format": fmt})
@@ -207,7 +207,7 @@ def test_streaming_sse(engine, clips):
 
 
 def test_translation_and_server_defaults(engine, clips):
-    from lora_whisper.server import parse_defaults
+    from lora_whisper.serve.app import parse_defaults
 
     exp = next(engine.transcribe([clips[0]], TranscribeOptions(task="translate", adapter="none", **FAST)))
     with running(engine) as (url, _app):
@@ -481,7 +481,7 @@ def test_two_servers_share_a_registry(tiny_model_dir, reg, tiny_adapter_factory,
 def test_load_adapter_from_the_hub(engine, reg, tiny_adapter_factory, monkeypatch, clips):
     from hubserver import FakeHub
 
-    from lora_whisper.hub import push
+    from lora_whisper.adapters.hub import push
 
     with FakeHub() as hub:
         monkeypatch.setenv("HF_ENDPOINT", hub.url)

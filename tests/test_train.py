@@ -11,8 +11,8 @@ from pathlib import Path
 from click.testing import CliRunner
 from conftest import TINY_HUB_ID
 
+from lora_whisper.adapters.registry import Registry
 from lora_whisper.cli import main
-from lora_whisper.registry import Registry
 
 SMALL = [
     "--set",
@@ -178,7 +178,7 @@ def test_kill_then_resume_continues_from_checkpoint(tiny_model_dir, tmp_path):
 
 
 def test_last_checkpoint_skips_half_written(tmp_path):
-    from lora_whisper.train import _last_checkpoint
+    from lora_whisper.train.trainer import _last_checkpoint
 
     assert _last_checkpoint(tmp_path / "nothing") is None
     for step, state in [(2, {"global_step": 2}), (4, {"global_step": 4}), (6, None), (8, '{"global_st')]:
@@ -219,8 +219,8 @@ def test_data_parallel_two_cpu_processes(tiny_model_dir, tmp_path):
 def test_timestamped_labels_for_synthetic_rows(tiny_base):
     import numpy as np
 
-    from lora_whisper.data import Example
-    from lora_whisper.train import _Collator, _dataset, label_ids, timestamped_rows
+    from lora_whisper.train.data import Example
+    from lora_whisper.train.trainer import _Collator, _dataset, label_ids, timestamped_rows
 
     tok = tiny_base.processor.tokenizer
     rng = np.random.default_rng(0)
@@ -258,7 +258,7 @@ def test_precision_needs_a_gpu_and_device_is_checked(tiny_model_dir, tmp_path):
 def test_placement_each_rank_picks_its_own_gpu():
     import pytest
 
-    from lora_whisper.base import BaseModelError, pick_device
+    from lora_whisper.base.loading import BaseModelError, pick_device
 
     # torchrun / accelerate launch on 4 GPUs: each process its own GPU, never all on cuda:0
     assert [pick_device(None, {"LOCAL_RANK": str(r), "RANK": str(r + 4)}, 4) for r in range(4)] == [
@@ -373,7 +373,7 @@ def test_persian_recipe_on_real_clips_learns_and_calibrates(tiny_model_dir, tmp_
 
 
 def test_persian_labels_use_persian_letters():
-    from lora_whisper.data import Example, Loaded, orthography, validate
+    from lora_whisper.train.data import Example, Loaded, orthography, validate
 
     assert orthography("كتاب علي", "fa") == "کتاب علی"  # Arabic kaf / yeh -> Persian
     assert orthography("كتاب علي", "ar") == "كتاب علي"  # Arabic keeps its own
@@ -386,8 +386,8 @@ def test_contrast_clips_teach_the_language_token_only_and_skip_calibration_clips
     calibration negative is never among them (the threshold must be measured on clips the adapter never heard)."""
     import shutil
 
-    from lora_whisper.config import load_recipe
-    from lora_whisper.train import _Collator, _dataset, load_contrast
+    from lora_whisper.train.recipe import load_recipe
+    from lora_whisper.train.trainer import _Collator, _dataset, load_contrast
 
     src = Path(__file__).parent / "data" / "cv-en"
     rows = [json.loads(line) for line in (src / "manifest.jsonl").read_text().splitlines()]

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from lora_whisper.audio import AudioError, chunk_audio, load_audio
-from lora_whisper.engine import Engine, TranscribeOptions, Transcription
-from lora_whisper.output import render
+from lora_whisper.transcribe.audio import AudioError, chunk_audio, load_audio
+from lora_whisper.transcribe.engine import Engine, TranscribeOptions, Transcription
+from lora_whisper.transcribe.output import render
 
 
 @pytest.mark.parametrize(
@@ -86,7 +86,7 @@ def test_language_restriction(tiny_base, wavs):
 
 
 def test_render_formats():
-    from lora_whisper.engine import Segment
+    from lora_whisper.transcribe.engine import Segment
 
     r = Transcription(
         "a.wav",

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .compile import Compiled, compile_adapter, find_compiled
-from .registry import AdapterRecord, Registry, RegistryError, ResolvesAdapters
+from ..adapters.compile import Compiled, compile_adapter, find_compiled
+from ..adapters.registry import AdapterRecord, Registry, RegistryError, ResolvesAdapters
 from .segments import WINDOW_SECONDS, Word
 
 logger = logging.getLogger("lora_whisper")
@@ -67,7 +67,7 @@ def ct2_quantization(quantize: str | None) -> str:
 def load_ct2_base(name: str = "offline", quantize: str | None = "auto", device: str | None = None) -> CT2Base:
     """The base for the ct2 runtime: ``offline`` uses the packaged CTranslate2 model as it is; any other base (a
     transformers folder or a Hub id) is converted once by CTranslate2's converter and kept in the cache."""
-    from .base import (
+    from ..base.loading import (
         OFFLINE,
         OFFLINE_HUB_ID,
         cache_dir,
@@ -90,7 +90,7 @@ def load_ct2_base(name: str = "offline", quantize: str | None = "auto", device: 
         fingerprint = weights_fingerprint(path)
         ct2_path = cache_dir() / "ct2-bases" / f"{fingerprint.removeprefix('sha256:')[:16]}-{quant}"
         if not (ct2_path / "model.bin").is_file():
-            from .export import convert_ct2
+            from ..adapters.export import convert_ct2
 
             tmp = ct2_path.with_name(ct2_path.name + f".tmp{os.getpid()}")
             logger.info("converting base %s to CTranslate2 (%s, once) -> %s", name, quant, ct2_path)
@@ -205,7 +205,7 @@ class CT2Runtime(ResolvesAdapters):
         if ref in self.models:
             model, compiled = self.models[ref]
             if compiled.path.is_dir() and compiled.key.startswith(f"v{record.version}-"):
-                from .compile import compile_key
+                from ..adapters.compile import compile_key
 
                 if compile_key(record, self.base.identity.fingerprint, self.base.quantize) == compiled.key:
                     self.models.move_to_end(ref)

@@ -19,7 +19,7 @@ logger = logging.getLogger("lora_whisper")
 def load_negatives(sources: list[str], language: str, max_per_source: int) -> list[Example]:
     """Real clips of other languages than ``language`` from manifests or audiofolders (rows without a language or
     in ``language`` are skipped; unreadable rows are reported and skipped)."""
-    from .config import expand_path
+    from .recipe import expand_path
 
     out: list[Example] = []
     for src in sources:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .audio import SAMPLE_RATE, AudioError, load_audio
+from ..transcribe.audio import SAMPLE_RATE, AudioError, load_audio
 
 logger = logging.getLogger("lora_whisper")
 

@@ -11,7 +11,14 @@ import logging
 import time
 from collections import OrderedDict
 
-from .registry import AdapterRecord, Registry, RegistryError, ResolvesAdapters, check_adapter_files, check_base
+from ..adapters.registry import (
+    AdapterRecord,
+    Registry,
+    RegistryError,
+    ResolvesAdapters,
+    check_adapter_files,
+    check_base,
+)
 
 logger = logging.getLogger("lora_whisper")
 
@@ -201,7 +208,7 @@ class AdapterPool(ResolvesAdapters):
             return self._merged_cache[1]
         from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
 
-        from .base import load_model
+        from ..base.loading import load_model
 
         self._merged_cache = None  # free the previous copy first
         # the resident adapter's LoRA weights (loaded or derived by combination) go onto a float32 base, then merge
@@ -211,7 +218,7 @@ class AdapterPool(ResolvesAdapters):
         model = model.merge_and_unload()
         model.eval()
         if self.base.quantize == "dynamic":
-            from .int8 import dynamic_int8
+            from ..base.int8 import dynamic_int8
 
             dynamic_int8(model)
         self._merged_cache = (key, model)

@@ -175,7 +175,7 @@ def _build(record, base_path, identity, fingerprint, quantization, tokenizer_fro
     tmp, merged = root / f".tmp-{tag}", root / f".tmp-{tag}-merged"
     t0 = time.perf_counter()
     try:
-        from .base import load_base
+        from ..base.loading import load_base
         from .export import convert_ct2, merge_adapter
 
         logger.info("compiling %s for the ct2 runtime (%s; once per version)", record.ref, quantization)

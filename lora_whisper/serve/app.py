@@ -2,7 +2,7 @@
 
 ``POST /v1/audio/transcriptions`` and ``/v1/audio/translations`` take OpenAI's multipart fields; ``model`` is
 ``auto`` (detect the language, route to its adapter), ``base`` (or the base's hub id) or an adapter reference.
-One :class:`~lora_whisper.scheduler.Scheduler` thread owns the Engine and runs queued requests in micro-batches;
+One :class:`~lora_whisper.serve.scheduler.Scheduler` thread owns the Engine and runs queued requests in micro-batches;
 HTTP handlers only parse, decode the upload, queue, and await. The registry folder is read on every request, so
 adapters filed, activated, pulled or removed (by this server, the CLI or another server sharing the folder) are
 seen without a restart.
@@ -264,7 +264,7 @@ def create_app(engine, options: ServeOptions | None = None):
 
     def resolve_model(name: str) -> tuple[str, str]:
         """(adapter option, metrics label) for a ``model`` field; 404 listing the valid models."""
-        from .registry import RegistryError
+        from ..adapters.registry import RegistryError
 
         if name == "auto":
             return "auto", "auto"
@@ -347,7 +347,7 @@ def create_app(engine, options: ServeOptions | None = None):
         return await audio(request, "translate")
 
     async def sse(events: asyncio.Queue, fields: dict, t0: float):
-        from .engine import FileError
+        from ..transcribe.engine import FileError
 
         sent = 0
         while True:
@@ -403,8 +403,8 @@ def create_app(engine, options: ServeOptions | None = None):
         }
 
     def load_adapter(body: dict):
-        from .hub import HubError, pull
-        from .registry import RegistryError, check_name
+        from ..adapters.hub import HubError, pull
+        from ..adapters.registry import RegistryError, check_name
 
         name, path = body.get("lora_name"), body.get("lora_path")
         language, domain = body.get("language"), body.get("domain")
@@ -451,7 +451,7 @@ def create_app(engine, options: ServeOptions | None = None):
 
     @app.post("/v1/unload_lora_adapter")
     async def unload_lora_adapter(request: Request):
-        from .registry import RegistryError
+        from ..adapters.registry import RegistryError
 
         check_admin(request)
         body = await read_json(request)
@@ -599,7 +599,7 @@ def parse_fields(form, task: str) -> dict:
 
 def transcribe_options(engine, fields: dict, adapter: str, task: str, defaults: dict | None = None):
     """TranscribeOptions for a request: the engine's defaults (as the CLI's) plus what the request asks."""
-    from .engine import TranscribeOptions
+    from ..transcribe.engine import TranscribeOptions
 
     known = {f.name for f in dataclasses.fields(TranscribeOptions)}
     langs = engine.base.languages
@@ -653,7 +653,7 @@ def parse_defaults(pairs: list[str]) -> dict:
     """``KEY=VALUE`` strings (YAML values) -> TranscribeOptions fields; ValueError naming a bad key or value."""
     import yaml
 
-    from .engine import TranscribeOptions
+    from ..transcribe.engine import TranscribeOptions
 
     known = {f.name: f for f in dataclasses.fields(TranscribeOptions)}
     out = {}
@@ -677,7 +677,7 @@ def parse_defaults(pairs: list[str]) -> dict:
 
 async def decode_upload(form, tmpdir: str):
     """(float32 16 kHz samples, client file name) of the ``file`` field; APIError(400) naming the problem."""
-    from .audio import AudioError, load_audio
+    from ..transcribe.audio import AudioError, load_audio
 
     upload = form.get("file")
     if upload is None:
@@ -737,8 +737,8 @@ def render_response(result, fields: dict, task: str):
     """The HTTP response for one result in the requested response_format."""
     from fastapi.responses import JSONResponse, PlainTextResponse
 
-    from .engine import FileError
-    from .output import render
+    from ..transcribe.engine import FileError
+    from ..transcribe.output import render
 
     if isinstance(result, FileError):
         raise APIError(400, result.error, param="file", code="invalid_audio")
@@ -899,8 +899,8 @@ def serve(
     settings,
 ):
     """OpenAI-compatible /v1/audio/transcriptions server with model=auto routing."""
-    from .registry import Registry
-    from .runtime import build_engine
+    from ..adapters.registry import Registry
+    from ..transcribe.runtime import build_engine
 
     key = os.environ.get(API_KEY_ENV) or None
     if api_key_file:

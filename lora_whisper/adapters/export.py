@@ -71,7 +71,7 @@ def export_merged(
     faster-whisper has no adapter support, so a merged CTranslate2 model is how its users deploy an adapter;
     CTranslate2's own converter does it.
     """
-    from .base import load_base
+    from ..base.loading import load_base
 
     rec = registry.get(ref)
     b = load_base(base, quantize="none", device=device)

@@ -120,8 +120,8 @@ class TorchRuntime:
     kind = "torch"
 
     def __init__(self, base, registry=None, cache_size: int = 4):
-        from .adapters import AdapterPool
         from .decoding import Decoder
+        from .pool import AdapterPool
 
         self.base = base
         self.registry = registry
@@ -133,7 +133,7 @@ class TorchRuntime:
         return self.base.languages
 
     def detect(self, audio, candidates=None, adapter=None) -> dict[str, float]:
-        from .adapters import adapter_key
+        from .pool import adapter_key
 
         key = adapter_key(adapter) if adapter else None
         if key:
@@ -143,7 +143,7 @@ class TorchRuntime:
             return self.decoder.language_probs(enc, candidates)[0]
 
     def decode(self, audio, language, options, adapter=None):
-        from .adapters import adapter_key
+        from .pool import adapter_key
 
         key = adapter_key(adapter) if adapter else None
         if key:
@@ -159,7 +159,7 @@ class TorchRuntime:
         return self.pool.resolve(ref)
 
     def unload(self, ref: str) -> None:
-        from .adapters import adapter_key
+        from .pool import adapter_key
 
         key = adapter_key(ref)
         if key in self.pool.resident and not self.pool.in_use.get(key):
@@ -186,7 +186,7 @@ def build_engine(
 
         rt = CT2Runtime(load_ct2_base(base, quantize, device), registry, cache_size, threads=threads)
         return Engine(None, registry, cache_size, runtime=rt)
-    from .base import load_base, quiet_libraries
+    from ..base.loading import load_base, quiet_libraries
 
     quiet_libraries()
     if threads:

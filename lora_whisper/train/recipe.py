@@ -11,9 +11,9 @@ from pathlib import Path
 
 import yaml
 
-from .lora import TARGET_MODULES
+from ..adapters.lora import TARGET_MODULES
 
-RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"
+RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"
 """The project's recipes/ folder (an editable install finds it beside the package)."""
 PRECISIONS = ("fp32", "fp16", "bf16")
 WHISPER_LANGUAGES = (
@@ -386,7 +386,7 @@ def validate(r: Recipe) -> list[str]:
     if not isinstance(c.margin, (int, float)) or c.margin < 1:
         p.append(f"calibration.margin: must be 1 or more, got {c.margin!r}")
     if r.output.name is not None:
-        from .registry import NAME_RE
+        from ..adapters.registry import NAME_RE
 
         if not NAME_RE.match(str(r.output.name)) or ".." in str(r.output.name):
             p.append(f"output.name: {r.output.name!r} must be lower-case letters, digits, '.', '_' or '-'")

@@ -41,7 +41,7 @@ from pathlib import Path
 
 import click
 
-from .audio import AUDIO_EXTENSIONS, SAMPLE_RATE, AudioError, expand_inputs
+from ..transcribe.audio import AUDIO_EXTENSIONS, SAMPLE_RATE, AudioError, expand_inputs
 
 logger = logging.getLogger("lora_whisper")
 
@@ -234,7 +234,7 @@ def _guess_kind(spec: str) -> str:
 
 
 def _manifest_items(path: Path, options: BatchOptions) -> list[Item]:
-    from .data import DataError, _rows_from_manifest
+    from ..train.data import DataError, _rows_from_manifest
 
     try:
         rows = _rows_from_manifest(path)
@@ -391,7 +391,7 @@ def _decode_unit(unit: dict) -> dict:
 
     import numpy as np
 
-    from .audio import load_audio
+    from ..transcribe.audio import load_audio
 
     audio, errors = [], []
     for file, path, data, err in zip(unit["files"], unit["paths"], unit["data"], unit["errors"]):
@@ -427,9 +427,9 @@ class _Worker:
     """spec (EngineSpec as a dict), options (TranscribeOptions as a dict), mode (transcribe | detect), fault."""
 
     def __init__(self):
-        from .engine import TranscribeOptions
-        from .registry import Registry
-        from .runtime import build_engine
+        from ..adapters.registry import Registry
+        from ..transcribe.engine import TranscribeOptions
+        from ..transcribe.runtime import build_engine
 
         spec, options = self.settings["spec"], self.settings["options"]
         mode, fault = self.settings.get("mode", "transcribe"), self.settings.get("fault")
@@ -469,7 +469,7 @@ class _Worker:
     def _unit(self, unit: dict) -> dict:
         import numpy as np
 
-        from .engine import FileError
+        from ..transcribe.engine import FileError
 
         files = [str(f) for f in unit["files"]]
         self._maybe_fail(files)
@@ -509,7 +509,7 @@ class _Worker:
         return out
 
     def _route_of(self, det) -> str:
-        from .routing import RouteRequest, route
+        from ..transcribe.routing import RouteRequest, route
 
         reg = self.engine.registry
         records = reg.active() if reg is not None else []
@@ -533,13 +533,13 @@ def _static_route(options, registry: str | None) -> str | None:
         return options.adapter
     if registry is None:
         return "base"
-    from .registry import Registry
+    from ..adapters.registry import Registry
 
     records = Registry(registry).active()
     if not records:
         return "base"
     if options.language:
-        from .routing import RouteRequest, route
+        from ..transcribe.routing import RouteRequest, route
 
         r = route(None, records, RouteRequest(options.adapter, options.domain, options.language, options.threshold))
         return r.adapter or "base"
@@ -703,7 +703,7 @@ def run_batch(
     Raises:
         BatchError: inputs unusable as a whole, Ray missing, an unknown format.
     """
-    from .engine import TranscribeOptions
+    from ..transcribe.engine import TranscribeOptions
 
     t0 = time.perf_counter()
     topts = topts or TranscribeOptions()
@@ -743,7 +743,7 @@ def _route_signature(topts, spec: EngineSpec) -> str:
     """What a detected route depends on: the base, the routing options and the registry's active adapters."""
     import hashlib
 
-    from .registry import Registry
+    from ..adapters.registry import Registry
 
     active = sorted(r.ref for r in Registry(spec.registry).active()) if spec.registry else []
     keys = ("adapter", "domain", "language", "languages", "threshold", "vad")
@@ -831,7 +831,7 @@ def _parse_set(values: tuple[str, ...]) -> dict:
     """``--set key=value`` pairs for TranscribeOptions fields (values parsed as YAML: 0.2, true, [0.0, 0.2])."""
     import yaml
 
-    from .engine import TranscribeOptions
+    from ..transcribe.engine import TranscribeOptions
 
     known = {f.name for f in dataclasses.fields(TranscribeOptions)}
     out = {}
@@ -962,7 +962,7 @@ def batch(
     Rows go to OUT/transcripts.jsonl (the fields of `transcribe --format json`, one row per input); a rerun with the
     same --out skips inputs already done.
     """
-    from .engine import TranscribeOptions
+    from ..transcribe.engine import TranscribeOptions
 
     try:
         weights = tuple(float(w) for w in _csv(combine_weights) or [])
@@ -1003,7 +1003,7 @@ def batch(
         runtime=o.get("runtime", "auto"),
         threads=o.get("threads", 0),
     )
-    from .runtime import TorchOnlyError, check_runtime_options, resolve_runtime
+    from ..transcribe.runtime import TorchOnlyError, check_runtime_options, resolve_runtime
 
     if spec.runtime == "auto":
         # batch stays on torch unless asked: its actors micro-batch rows through the torch runtime, while the ct2

@@ -14,11 +14,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .base import Base, cache_dir, cache_get, cache_put, load_base, pick_device
-from .config import Recipe, expand_path
+from ..adapters.registry import AdapterRecord, Registry
+from ..base.loading import Base, cache_dir, cache_get, cache_put, load_base, pick_device
+from ..scoring import Score
 from .data import Example, Loaded, fingerprint, hold_out_speakers, load_folder, load_hub, load_manifest, validate
-from .registry import AdapterRecord, Registry
-from .scoring import Score
+from .recipe import Recipe, expand_path
 
 logger = logging.getLogger("lora_whisper")
 
@@ -171,7 +171,9 @@ def load_contrast(recipe: Recipe) -> list[Example]:
         return []
     rows: list[Example] = []
     for src in d.contrast:
-        loaded = load_manifest(expand_path(src), split=d.contrast_split, split_column="split" if d.contrast_split else None)
+        loaded = load_manifest(
+            expand_path(src), split=d.contrast_split, split_column="split" if d.contrast_split else None
+        )
         rows += [e for e in loaded.examples if e.language and e.language != recipe.language]
     random.Random(recipe.train.seed).shuffle(rows)
     c = recipe.calibration
@@ -251,7 +253,7 @@ def _encoder_cache(base: Base, examples: list[Example], batch_size: int, progres
     engine = None
     for k in range(0, len(todo), batch_size):
         if engine is None:
-            from .engine import Engine
+            from ..transcribe.engine import Engine
 
             engine = Engine(base)
         idx = todo[k : k + batch_size]
@@ -386,11 +388,11 @@ def inference_engine(base: Base, model: str | None = None, runtime: str = "auto"
         model: the recipe's ``base.model`` (``offline`` uses the packaged CTranslate2 model as it is).
         adapter: an adapter not yet in a registry, made resolvable by its reference.
     """
-    from .engine import Engine
-    from .runtime import resolve_runtime
+    from ..transcribe.engine import Engine
+    from ..transcribe.runtime import resolve_runtime
 
     if resolve_runtime(runtime, base.device) == "ct2":
-        from .runtime_ct2 import CT2Runtime, load_ct2_base
+        from ..transcribe.runtime_ct2 import CT2Runtime, load_ct2_base
 
         engine = Engine(None, None, runtime=CT2Runtime(load_ct2_base(model or str(base.path), "auto", base.device)))
     else:
@@ -409,7 +411,7 @@ def evaluate_adapter(engine, examples: list[Example], recipe: Recipe, adapter: A
     compression-ratio and log-prob checks, the default token limit): on a language the base cannot read, greedy
     decoding without fallback loops, and a figure taken that way flatters whichever model loops less.
     """
-    from .engine import TranscribeOptions
+    from ..transcribe.engine import TranscribeOptions
     from .evaluation import evaluate
 
     opts = TranscribeOptions(
@@ -481,7 +483,7 @@ def train(
     from peft import get_peft_model, prepare_model_for_kbit_training
     from transformers import Trainer, TrainingArguments, set_seed
 
-    from .lora import lora_config, save_adapter
+    from ..adapters.lora import lora_config, save_adapter
 
     set_seed(recipe.train.seed)
     run_dir = recipe.run_dir
@@ -736,8 +738,8 @@ def _calibrate(engine, record: AdapterRecord, recipe: Recipe, own: list[Example]
     """The adapter's routing threshold (``routing.calibrate``) from its own clips (validation, else the held-out
     set: the threshold is set by the other languages only, the own clips say how many it lets through) and the
     recipe's real clips of other languages; None when the recipe names none."""
+    from ..transcribe.routing import calibrate
     from .calibration import load_negatives, measure
-    from .routing import calibrate
 
     c = recipe.calibration
     if not c.negatives:
@@ -804,7 +806,7 @@ class _BestCheckpoint:
         import torch
         from transformers.modeling_outputs import BaseModelOutput
 
-        from .scoring import score
+        from ..scoring import score
 
         model, tok, bs = self.model, self.base.processor.tokenizer, self.recipe.eval.batch_size
         was_training = model.training

@@ -6,9 +6,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..scoring import Score, score
+from ..transcribe.engine import Engine, FileError, TranscribeOptions
 from .data import Example
-from .engine import Engine, FileError, TranscribeOptions
-from .scoring import Score, score
 
 
 @dataclass
@@ -69,7 +69,7 @@ def evaluate(engine: Engine, examples: list[Example], options: TranscribeOptions
         overall = next(iter(by_lang.values()))
     else:
         # pooled over languages, each row normalized for its own language
-        from .scoring import normalize
+        from ..scoring import normalize
 
         refs = [normalize(r["reference"], r["language"]) for r in rows]
         hyps = [normalize(r["hypothesis"], r["language"]) for r in rows]

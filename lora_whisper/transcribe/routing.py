@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
-from .registry import AdapterRecord
+from ..adapters.registry import AdapterRecord
 
 
 @dataclass

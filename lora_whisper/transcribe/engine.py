@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .adapters import adapter_key
+from ..adapters.registry import AdapterRecord, Registry
 from .audio import SAMPLE_RATE, AudioError, audio_info, expand_inputs, load_audio, stream_audio
-from .registry import AdapterRecord, Registry
+from .pool import adapter_key
 from .routing import Route, RouteRequest, accept_claim, route, should_consult
 from .runtime import check_runtime_options
 from .segments import BLOCK_SECONDS, TASKS, WINDOW_SECONDS, DecodeOptions, Piece, Segment, Word

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .audio import SAMPLE_RATE, load_audio
+from ..transcribe.audio import SAMPLE_RATE, load_audio
 from .data import Example
 
 logger = logging.getLogger("lora_whisper")

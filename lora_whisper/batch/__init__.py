@@ -1,0 +1,1 @@
+"""`lora-whisper batch`: an archive transcribed on a Ray cluster, resumable."""

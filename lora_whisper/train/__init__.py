@@ -1,0 +1,1 @@
+"""Training: recipes, data sources, synthetic speech, the trainer, evaluation and routing calibration."""

@@ -1,0 +1,1 @@
+"""Transcription: audio in, routed segments out (audio, VAD, decoding, routing, runtimes, engine, outputs)."""
