@@ -62,6 +62,35 @@ of other languages ({", ".join(cal.get("languages") or [])}); it accepts {cal.ge
 
 def model_card(record: AdapterRecord, repo_id: str) -> str:
     """A model card with the metadata the Hub indexes: library, base, task, language, tags, data sets, WER/CER."""
+    lora = record.lora or {}
+    body = f"""
+# {repo_id.split("/")[-1]}
+
+A LoRA adapter for [{record.base.get("hub_id")}](https://huggingface.co/{record.base.get("hub_id")}): language
+`{record.language}`{f", domain `{record.domain}`" if record.domain else ""}. Made with lora-whisper
+(version {record.version} of `{record.name}`), LoRA r={lora.get("r")} alpha={lora.get("alpha")} on
+{lora.get("target_modules")} ({lora.get("scope")}).
+
+## Use with peft
+
+```python
+from peft import PeftModel
+from transformers import WhisperForConditionalGeneration, WhisperProcessor
+
+base = WhisperForConditionalGeneration.from_pretrained("{record.base.get("hub_id")}")
+model = PeftModel.from_pretrained(base, "{repo_id}")
+processor = WhisperProcessor.from_pretrained("{record.base.get("hub_id")}")
+```
+
+{_evaluation_section(record)}
+{_routing_section(record)}
+Base weights fingerprint: `{record.base.get("fingerprint")}`. Training time: {record.train_seconds or "n/a"} s.
+"""
+    return f"---\n{_card_data(record, repo_id).to_yaml()}\n---\n{body}"
+
+
+def _card_data(record: AdapterRecord, repo_id: str):
+    """The card's YAML header (``ModelCardData``): the adapter's WER/CER, then the base's on the same clips."""
     from huggingface_hub import EvalResult, ModelCardData
 
     recipe_data = (record.recipe or {}).get("data", {}) or {}
@@ -86,7 +115,7 @@ def model_card(record: AdapterRecord, repo_id: str) -> str:
         if side.get(m) is not None
     ]
     tags = ["lora", "peft", "whisper", "lora-whisper", record.language] + ([record.domain] if record.domain else [])
-    data = ModelCardData(
+    return ModelCardData(
         language=[record.language],
         license="mit",
         library_name="peft",
@@ -97,14 +126,26 @@ def model_card(record: AdapterRecord, repo_id: str) -> str:
         model_name=repo_id.split("/")[-1],
         eval_results=results or None,
     )
-    lora = record.lora or {}
-    evaluations = (record.metrics or {}).get("evaluations") or [
+
+
+_KINDS = {
+    "real": "real recordings",
+    "synthetic-in-template": "synthetic speech (other voices) of sentences from the training templates",
+    "synthetic-out-of-template": "synthetic speech (other voices) of sentences from templates and vocabulary "
+    "never used in training",
+}
+
+
+def _evaluation_section(record: AdapterRecord) -> str:
+    """The card's evaluation table: every held-out set, base and adapter, decoded as ``transcribe`` decodes."""
+    metrics = record.metrics or {}
+    evaluations = metrics.get("evaluations") or [
         {
-            "kind": (record.metrics or {}).get("kind", "held-out"),
-            "split": (record.metrics or {}).get("split", "test"),
-            "n": (record.metrics or {}).get("held_out"),
-            "before": before,
-            "after": after,
+            "kind": metrics.get("kind", "held-out"),
+            "split": metrics.get("split", "test"),
+            "n": metrics.get("held_out"),
+            "before": metrics.get("before") or {},
+            "after": metrics.get("after") or {},
         }
     ]
     rows = "\n".join(
@@ -114,39 +155,13 @@ def model_card(record: AdapterRecord, repo_id: str) -> str:
         for m in ("wer", "cer")
         if m in (ev.get("after") or {})
     )
-    kinds = {
-        "real": "real recordings",
-        "synthetic-in-template": "synthetic speech (other voices) of sentences from the training templates",
-        "synthetic-out-of-template": "synthetic speech (other voices) of sentences from templates and vocabulary "
-        "never used in training",
-    }
-    legend = "\n".join(f"- `{k}`: {v}" for k, v in kinds.items() if any(ev.get("kind") == k for ev in evaluations))
+    legend = "\n".join(f"- `{k}`: {v}" for k, v in _KINDS.items() if any(ev.get("kind") == k for ev in evaluations))
     warning = (
         f"\n**Inactive**: {record.inactive_reason}. lora-whisper's routing does not pick this adapter.\n"
         if record.inactive_reason
         else ""
     )
-    routing = _routing_section(record)
-    body = f"""
-# {repo_id.split("/")[-1]}
-
-A LoRA adapter for [{record.base.get("hub_id")}](https://huggingface.co/{record.base.get("hub_id")}): language
-`{record.language}`{f", domain `{record.domain}`" if record.domain else ""}. Made with lora-whisper
-(version {record.version} of `{record.name}`), LoRA r={lora.get("r")} alpha={lora.get("alpha")} on
-{lora.get("target_modules")} ({lora.get("scope")}).
-
-## Use with peft
-
-```python
-from peft import PeftModel
-from transformers import WhisperForConditionalGeneration, WhisperProcessor
-
-base = WhisperForConditionalGeneration.from_pretrained("{record.base.get("hub_id")}")
-model = PeftModel.from_pretrained(base, "{repo_id}")
-processor = WhisperProcessor.from_pretrained("{record.base.get("hub_id")}")
-```
-
-## Evaluation (held-out sets, normalized text)
+    return f"""## Evaluation (held-out sets, normalized text)
 
 Decoded as `lora-whisper transcribe --language {record.language}` decodes (temperature fallback, compression-ratio and
 log-probability checks), base and adapter on the same clips; Whisper's text normalizer.
@@ -155,11 +170,7 @@ log-probability checks), base and adapter on the same clips; Whisper's text norm
 |---|---|---|---|---|---|
 {rows}
 
-{legend}
-{routing}
-Base weights fingerprint: `{record.base.get("fingerprint")}`. Training time: {record.train_seconds or "n/a"} s.
-"""
-    return f"---\n{data.to_yaml()}\n---\n{body}"
+{legend}"""
 
 
 def push(registry: Registry, ref: str, repo_id: str, private: bool = False, revision: str | None = None) -> str:

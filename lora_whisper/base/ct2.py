@@ -104,92 +104,96 @@ def _f(arr: np.ndarray):
     return torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
 
 
+class _Mapper:
+    """Copies CTranslate2 variables ``v`` into a transformers state dict ``sd``, one kind of layer at a time."""
+
+    def __init__(self, v: dict[str, np.ndarray]):
+        self.v, self.sd = v, {}
+
+    def ln(self, src: str, dst: str) -> None:
+        self.sd[f"{dst}.weight"] = _f(self.v[f"{src}/gamma"])
+        self.sd[f"{dst}.bias"] = _f(self.v[f"{src}/beta"])
+
+    def lin(self, src: str, dst: str) -> None:
+        self.sd[f"{dst}.weight"] = _f(self.v[f"{src}/weight"])
+        self.sd[f"{dst}.bias"] = _f(self.v[f"{src}/bias"])
+
+    def split_fused(self, src: str, dsts: list[str], no_bias: str) -> None:
+        """One fused projection (q,k,v or k,v) into its parts; ``no_bias`` names the part without a bias."""
+        w, b = _f(self.v[f"{src}/weight"]), _f(self.v[f"{src}/bias"])
+        for wi, bi, dst in zip(w.chunk(len(dsts), 0), b.chunk(len(dsts), 0), dsts):
+            self.sd[f"{dst}.weight"] = wi.clone()
+            if dst != no_bias:
+                self.sd[f"{dst}.bias"] = bi.clone()
+            elif bi.abs().max() > 0:
+                # Whisper's k_proj has no bias; CTranslate2 stores zeros for it (check, then drop).
+                raise CT2FormatError(f"{src}: expected a zero bias for {dst}")
+
+    def n_layers(self, prefix: str) -> int:
+        i = 0
+        while f"{prefix}/layer_{i}/ffn/linear_0/weight" in self.v:
+            i += 1
+        return i
+
+    def self_attention_and_ffn(self, s: str, d: str) -> None:
+        self.split_fused(
+            f"{s}/self_attention/linear_0", [f"{d}.self_attn.{p}_proj" for p in "qkv"], f"{d}.self_attn.k_proj"
+        )
+        self.lin(f"{s}/self_attention/linear_1", f"{d}.self_attn.out_proj")
+        self.ln(f"{s}/self_attention/layer_norm", f"{d}.self_attn_layer_norm")
+        self.lin(f"{s}/ffn/linear_0", f"{d}.fc1")
+        self.lin(f"{s}/ffn/linear_1", f"{d}.fc2")
+        self.ln(f"{s}/ffn/layer_norm", f"{d}.final_layer_norm")
+
+    def cross_attention(self, s: str, d: str) -> None:
+        self.lin(f"{s}/attention/linear_0", f"{d}.encoder_attn.q_proj")
+        kv = [f"{d}.encoder_attn.k_proj", f"{d}.encoder_attn.v_proj"]
+        self.split_fused(f"{s}/attention/linear_1", kv, f"{d}.encoder_attn.k_proj")
+        self.lin(f"{s}/attention/linear_2", f"{d}.encoder_attn.out_proj")
+        self.ln(f"{s}/attention/layer_norm", f"{d}.encoder_attn_layer_norm")
+
+
 def ct2_to_state_dict(variables: dict[str, np.ndarray], aliases: dict[str, str]) -> tuple[dict, dict]:
     """Map CTranslate2 Whisper variables to a transformers state dict and config values."""
     v = dict(variables)
     for alias, target in aliases.items():
         v[alias] = v[target]
-    sd = {}
-
-    def ln(src: str, dst: str) -> None:
-        sd[f"{dst}.weight"] = _f(v[f"{src}/gamma"])
-        sd[f"{dst}.bias"] = _f(v[f"{src}/beta"])
-
-    def lin(src: str, dst: str, bias: bool = True) -> None:
-        sd[f"{dst}.weight"] = _f(v[f"{src}/weight"])
-        if bias:
-            sd[f"{dst}.bias"] = _f(v[f"{src}/bias"])
-
-    def split_fused(src: str, dsts: list[str], no_bias: set[str]) -> None:
-        w = _f(v[f"{src}/weight"])
-        b = _f(v[f"{src}/bias"])
-        n = len(dsts)
-        for wi, bi, dst in zip(w.chunk(n, 0), b.chunk(n, 0), dsts):
-            sd[f"{dst}.weight"] = wi.clone()
-            if dst in no_bias:
-                # Whisper's k_proj has no bias; CTranslate2 stores zeros for it (check, then drop).
-                if bi.abs().max() > 0:
-                    raise CT2FormatError(f"{src}: expected a zero bias for {dst}")
-            else:
-                sd[f"{dst}.bias"] = bi.clone()
-
-    def n_layers(prefix: str) -> int:
-        i = 0
-        while f"{prefix}/layer_{i}/ffn/linear_0/weight" in v:
-            i += 1
-        return i
-
-    n_enc, n_dec = n_layers("encoder"), n_layers("decoder")
+    m = _Mapper(v)
+    n_enc, n_dec = m.n_layers("encoder"), m.n_layers("decoder")
     E, D = "model.encoder", "model.decoder"
     for c in (1, 2):
-        lin(f"encoder/conv{c}", f"{E}.conv{c}")
-    sd[f"{E}.embed_positions.weight"] = _f(v["encoder/position_encodings/encodings"])
-    ln("encoder/layer_norm", f"{E}.layer_norm")
-
-    def self_attention_and_ffn(s: str, d: str) -> None:
-        split_fused(
-            f"{s}/self_attention/linear_0", [f"{d}.self_attn.{p}_proj" for p in "qkv"], {f"{d}.self_attn.k_proj"}
-        )
-        lin(f"{s}/self_attention/linear_1", f"{d}.self_attn.out_proj")
-        ln(f"{s}/self_attention/layer_norm", f"{d}.self_attn_layer_norm")
-        lin(f"{s}/ffn/linear_0", f"{d}.fc1")
-        lin(f"{s}/ffn/linear_1", f"{d}.fc2")
-        ln(f"{s}/ffn/layer_norm", f"{d}.final_layer_norm")
-
+        m.lin(f"encoder/conv{c}", f"{E}.conv{c}")
+    m.sd[f"{E}.embed_positions.weight"] = _f(v["encoder/position_encodings/encodings"])
+    m.ln("encoder/layer_norm", f"{E}.layer_norm")
     for i in range(n_enc):
-        self_attention_and_ffn(f"encoder/layer_{i}", f"{E}.layers.{i}")
-    sd[f"{D}.embed_tokens.weight"] = _f(v["decoder/embeddings/weight"])
-    sd[f"{D}.embed_positions.weight"] = _f(v["decoder/position_encodings/encodings"])
-    ln("decoder/layer_norm", f"{D}.layer_norm")
+        m.self_attention_and_ffn(f"encoder/layer_{i}", f"{E}.layers.{i}")
+    m.sd[f"{D}.embed_tokens.weight"] = _f(v["decoder/embeddings/weight"])
+    m.sd[f"{D}.embed_positions.weight"] = _f(v["decoder/position_encodings/encodings"])
+    m.ln("decoder/layer_norm", f"{D}.layer_norm")
     for i in range(n_dec):
-        s, d = f"decoder/layer_{i}", f"{D}.layers.{i}"
-        self_attention_and_ffn(s, d)
-        lin(f"{s}/attention/linear_0", f"{d}.encoder_attn.q_proj")
-        split_fused(
-            f"{s}/attention/linear_1",
-            [f"{d}.encoder_attn.k_proj", f"{d}.encoder_attn.v_proj"],
-            {f"{d}.encoder_attn.k_proj"},
-        )
-        lin(f"{s}/attention/linear_2", f"{d}.encoder_attn.out_proj")
-        ln(f"{s}/attention/layer_norm", f"{d}.encoder_attn_layer_norm")
+        m.self_attention_and_ffn(f"decoder/layer_{i}", f"{D}.layers.{i}")
+        m.cross_attention(f"decoder/layer_{i}", f"{D}.layers.{i}")
+    return m.sd, _config(m.sd, v, n_enc, n_dec)
 
+
+def _config(sd: dict, v: dict[str, np.ndarray], n_enc: int, n_dec: int) -> dict:
+    """transformers ``WhisperConfig`` values read off the tensors' shapes (and the heads CTranslate2 stores)."""
+    E, D = "model.encoder", "model.decoder"
     d_model = sd[f"{E}.layer_norm.weight"].shape[0]
     num_heads = int(v.get("encoder/num_heads", np.array(max(1, d_model // 64))))
-    dec_heads = int(v.get("decoder/num_heads", np.array(num_heads)))
-    config = dict(
+    return dict(
         vocab_size=sd[f"{D}.embed_tokens.weight"].shape[0],
         num_mel_bins=sd[f"{E}.conv1.weight"].shape[1],
         d_model=d_model,
         encoder_layers=n_enc,
         decoder_layers=n_dec,
         encoder_attention_heads=num_heads,
-        decoder_attention_heads=dec_heads,
+        decoder_attention_heads=int(v.get("decoder/num_heads", np.array(num_heads))),
         encoder_ffn_dim=sd[f"{E}.layers.0.fc1.weight"].shape[0],
         decoder_ffn_dim=sd[f"{D}.layers.0.fc1.weight"].shape[0],
         max_source_positions=sd[f"{E}.embed_positions.weight"].shape[0],
         max_target_positions=sd[f"{D}.embed_positions.weight"].shape[0],
     )
-    return sd, config
 
 
 def import_ct2(

@@ -295,7 +295,12 @@ def apply_overrides(data: dict, overrides: list[str], problems: list[str]) -> di
 
 
 def validate(r: Recipe) -> list[str]:
-    """Every problem with a recipe's values (empty when valid)."""
+    """Every problem with a recipe's values (empty when valid), section by section."""
+    return _check_top(r) + _check_data(r) + _check_lora(r) + _check_train(r) + _check_calibration(r)
+
+
+def _check_top(r: Recipe) -> list[str]:
+    """Problems with language, domain, base and output."""
     p = []
     if r.language not in WHISPER_LANGUAGES:
         p.append(f"language: {r.language!r} is not a Whisper language code (e.g. fr, de, es, en)")
@@ -303,6 +308,17 @@ def validate(r: Recipe) -> list[str]:
         p.append(f"domain: {r.domain!r} must be letters, digits or '-'")
     if r.base.quantize not in ("int8", "none"):
         p.append(f"base.quantize: {r.base.quantize!r} is not one of ['int8', 'none']")
+    if r.output.name is not None:
+        from ..adapters.registry import NAME_RE
+
+        if not NAME_RE.match(str(r.output.name)) or ".." in str(r.output.name):
+            p.append(f"output.name: {r.output.name!r} must be lower-case letters, digits, '.', '_' or '-'")
+    return p
+
+
+def _check_data(r: Recipe) -> list[str]:
+    """Problems in the ``data`` section."""
+    p = []
     d = r.data
     if d.source not in ("synthetic", "manifest", "folder", "hub"):
         p.append(f"data.source: {d.source!r} is not one of ['synthetic', 'manifest', 'folder', 'hub']")
@@ -336,6 +352,12 @@ def validate(r: Recipe) -> list[str]:
             )
     if not isinstance(d.contrast, list) or not all(isinstance(x, str) for x in d.contrast):
         p.append(f"data.contrast: expected a list of manifest paths, got {d.contrast!r}")
+    else:
+        for v in d.contrast:
+            if unset := _unset_vars(v):
+                p.append(
+                    f"data.contrast: environment variable {unset[0]} is not set; export it or pass --set data.contrast=[PATH]"
+                )
     if not isinstance(d.contrast_max, int) or d.contrast_max < 0:
         p.append(f"data.contrast_max: must be 0 or a positive integer, got {d.contrast_max!r}")
     if d.source == "hub" and not d.dataset:
@@ -348,6 +370,12 @@ def validate(r: Recipe) -> list[str]:
         v = getattr(d, k)
         if v is not None and (not isinstance(v, int) or v < 1):
             p.append(f"data.{k}: must be a positive integer or null, got {v!r}")
+    return p
+
+
+def _check_lora(r: Recipe) -> list[str]:
+    """Problems in the ``lora`` section."""
+    p = []
     lo = r.lora
     if lo.scope not in ("encoder+decoder", "decoder"):
         p.append(f"lora.scope: {lo.scope!r} is not one of ['encoder+decoder', 'decoder']")
@@ -359,6 +387,12 @@ def validate(r: Recipe) -> list[str]:
         p.append(f"lora.dropout: must be in [0, 1), got {lo.dropout!r}")
     if not lo.target_modules or not set(lo.target_modules) <= set(TARGET_MODULES):
         p.append(f"lora.target_modules: {lo.target_modules!r}; choose from {list(TARGET_MODULES)}")
+    return p
+
+
+def _check_train(r: Recipe) -> list[str]:
+    """Problems in the ``train`` section."""
+    p = []
     t = r.train
     if not isinstance(t.lr, (int, float)) or t.lr <= 0:
         p.append(f"train.lr: must be positive, got {t.lr!r}")
@@ -378,6 +412,12 @@ def validate(r: Recipe) -> list[str]:
             p.append(f"train.{k}: must be in [0, 1), got {v!r}")
     if t.max_steps == -1 and (not isinstance(t.epochs, (int, float)) or t.epochs <= 0):
         p.append(f"train.epochs: must be positive, got {t.epochs!r}")
+    return p
+
+
+def _check_calibration(r: Recipe) -> list[str]:
+    """Problems in the ``calibration`` section."""
+    p = []
     c = r.calibration
     if not isinstance(c.negatives, list) or not all(isinstance(x, str) and x for x in c.negatives):
         p.append(f"calibration.negatives: expected a list of paths, got {c.negatives!r}")
@@ -385,11 +425,6 @@ def validate(r: Recipe) -> list[str]:
         p.append(f"calibration.max_per_source: must be a positive integer, got {c.max_per_source!r}")
     if not isinstance(c.margin, (int, float)) or c.margin < 1:
         p.append(f"calibration.margin: must be 1 or more, got {c.margin!r}")
-    if r.output.name is not None:
-        from ..adapters.registry import NAME_RE
-
-        if not NAME_RE.match(str(r.output.name)) or ".." in str(r.output.name):
-            p.append(f"output.name: {r.output.name!r} must be lower-case letters, digits, '.', '_' or '-'")
     return p
 
 

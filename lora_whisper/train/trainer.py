@@ -458,6 +458,20 @@ def _plot(log_history: list[dict], before: Score | None, after: Score | None, ou
 
 
 # ---- training --------------------------------------------------------------------------------------------------
+@dataclass
+class _Prepared:
+    """The data of one run, decoded and checked once: what trains, what picks the checkpoint, what scores."""
+
+    train: list[Example]
+    validation: list[Example]
+    """Whole training speakers held back from training (``data.validation`` clips): they pick the checkpoint."""
+    contrast: list[Example]
+    """Other languages' clips, trained on their language token only (``data.contrast``)."""
+    held: list[HeldOut]
+    rejected: list
+    fingerprint: str
+
+
 def train(
     recipe: Recipe,
     registry: Registry,
@@ -469,8 +483,10 @@ def train(
 ) -> TrainResult:
     """Train a LoRA adapter as the recipe says, evaluate before/after, and file it in ``registry``.
 
-    An adapter that is not better than the base on its headline held-out set is filed with ``inactive_reason`` (a
-    warning says so): routing never picks it, ``--adapter NAME`` still forces it.
+    The steps: prepare the run folder, the data and the base's before-figures; build the frozen base + LoRA; fit
+    (resumable, best checkpoint by validation WER); save; score the adapter as ``transcribe`` decodes; calibrate its
+    routing threshold; file it. An adapter that is not better than the base on its headline held-out set is filed
+    with ``inactive_reason`` (a warning says so): routing never picks it, ``--adapter NAME`` still forces it.
 
     Args:
         resume: continue from the last checkpoint in the run folder (after a crash or a kill).
@@ -480,13 +496,48 @@ def train(
         runtime: the runtime the before/after figures and the routing calibration are measured on, as
             ``transcribe --runtime`` (``auto``: ct2 on CPU, torch on CUDA); training itself is always torch.
     """
-    from peft import get_peft_model, prepare_model_for_kbit_training
-    from transformers import Trainer, TrainingArguments, set_seed
-
-    from ..adapters.lora import lora_config, save_adapter
+    from transformers import set_seed
 
     set_seed(recipe.train.seed)
     run_dir = recipe.run_dir
+    _prepare_run_dir(run_dir, resume)
+    # placement first: under torchrun / accelerate each process loads the base on its own GPU
+    device = device or (base.device if base is not None else pick_device(None))
+    _check_precision(recipe.train.precision, device)
+    base = base or load_base(recipe.base.model, recipe.base.quantize, device)
+    data = _prepare_data(recipe, base, progress)
+    befores = _befores(recipe, base, data.held, runtime, progress)
+    peft_model, trainable = _lora_model(recipe, base)
+    trainer, best, stamped = _trainer(recipe, base, peft_model, data, device, progress)
+    out, seconds = _fit(trainer, run_dir, resume)
+    if _rank() != 0:
+        return TrainResult(None, befores[0], None, seconds, out.global_step, run_dir, data.rejected)
+    if best is not None:
+        best.restore()
+    # save with safetensors; the trained model carries LoRA layers and k-bit preparation, so the saved files are
+    # evaluated on a fresh inference engine, exactly as `lora-whisper transcribe --adapter` will use them
+    adapter_dir = run_dir / "adapter"
+    shutil.rmtree(adapter_dir, ignore_errors=True)
+    _save(peft_model, adapter_dir, base)
+    log_history = trainer.state.log_history
+    del trainer, peft_model
+    base.model = None
+    record = _new_record(recipe, base, trainable, data.fingerprint, seconds, adapter_dir)
+    engine = inference_engine(base, recipe.base.model, runtime, record)
+    afters = [evaluate_adapter(engine, h.data.examples, recipe, record, progress) for h in data.held]
+    for h, a in zip(data.held, afters):
+        logger.info("after (%s %s): WER %.3f CER %.3f", h.kind, h.split, a.wer, a.cer)
+    record.metrics = _metrics(data, befores, afters, best, out, log_history, len(stamped))
+    record.inactive_reason = inactive_reason(befores[0], afters[0], data.held[0].kind, data.held[0].split)
+    record.calibration = _calibrate(engine, record, recipe, data.validation or data.held[0].data.examples)
+    del engine
+    plot = _plot(log_history, befores[0], afters[0], run_dir / "training.png", recipe.name)
+    filed = _file(registry, record, recipe, adapter_dir, plot)
+    return TrainResult(filed, befores[0], afters[0], seconds, out.global_step, run_dir, data.rejected)
+
+
+def _prepare_run_dir(run_dir: Path, resume: bool) -> None:
+    """A fresh run removes an earlier run's checkpoints and best weights (a warning says so); ``resume`` keeps them."""
     if run_dir.exists() and not resume and _rank() == 0:
         stale = sorted(run_dir.glob("checkpoint-*"))
         if stale:
@@ -497,18 +548,15 @@ def train(
         shutil.rmtree(run_dir / "best", ignore_errors=True)
     run_dir.mkdir(parents=True, exist_ok=True)
 
-    # placement first: under torchrun / accelerate each process loads the base on its own GPU
-    device = device or (base.device if base is not None else pick_device(None))
-    _check_precision(recipe.train.precision, device)
-    # data: decode, check and drop bad rows once
+
+def _prepare_data(recipe: Recipe, base: Base, progress: bool) -> _Prepared:
+    """Decode, check and drop bad rows once; hold out validation speakers; draw ``max_train``; add contrast clips."""
     bar = _bar(progress, "prepare data")
-    base = base or load_base(recipe.base.model, recipe.base.quantize, device)
     train_raw, held_raw = load_splits(recipe, progress=bar.update if bar is not None else None)
+    tok = base.processor.tokenizer
     limit = min(448, getattr(base.model.config, "max_target_positions", 448))
-    train_all = validate(train_raw, base.processor.tokenizer, max_label_tokens=limit)
-    held = [
-        HeldOut(h.kind, h.split, validate(h.data, base.processor.tokenizer, max_label_tokens=limit)) for h in held_raw
-    ]
+    train_all = validate(train_raw, tok, max_label_tokens=limit)
+    held = [HeldOut(h.kind, h.split, validate(h.data, tok, max_label_tokens=limit)) for h in held_raw]
     if recipe.data.source != "synthetic":
         held = [HeldOut(h.kind, h.split, _cap(h.data, recipe.data.max_test)) for h in held]
     if bar is not None:
@@ -523,7 +571,6 @@ def train(
     # the cap, so runs with 250, 500, 1,000 clips are scored on the same clips (a learning curve)
     train_examples = _sample(train_examples, recipe.data.max_train, recipe.train.seed)
     contrast = load_contrast(recipe)
-    test_set = held[0].data
     data_fp = fingerprint(train_all.examples + contrast + [e for h in held for e in h.data.examples])
     logger.info(
         "data: %d train (+%d other languages) / %d validation (train speakers) / %s held-out clips (%s)",
@@ -533,28 +580,26 @@ def train(
         " + ".join(f"{len(h.data.examples)} {h.kind} {h.split}" for h in held),
         data_fp,
     )
+    return _Prepared(train_examples, val_examples, contrast, held, rejected, data_fp)
 
-    befores: list[Score | None] = [None] * len(held)
-    if not recipe.eval.skip_before and _rank() == 0:
-        ev = inference_engine(base, recipe.base.model, runtime)
-        befores = [
-            _cached_before(ev, base, h.data.examples, recipe, fingerprint(h.data.examples), progress) for h in held
-        ]
-        del ev
-        for h, b in zip(held, befores):
-            logger.info("before (%s %s): WER %.3f CER %.3f", h.kind, h.split, b.wer, b.cer)
-    before = befores[0]
 
-    # model: frozen (8-bit) base + LoRA
-    encoder_hidden = val_hidden = None
-    if recipe.lora.scope == "decoder":
-        clips = train_examples + contrast + val_examples
-        bar = _bar(progress, "encoder cache", len(clips))
-        hidden = _encoder_cache(base, clips, recipe.eval.batch_size, bar.update if bar is not None else None)
-        n = len(train_examples) + len(contrast)
-        encoder_hidden, val_hidden = hidden[:n], hidden[n:]
-        if bar is not None:
-            bar.close()
+def _befores(recipe: Recipe, base: Base, held: list[HeldOut], runtime: str, progress: bool) -> list[Score | None]:
+    """The base's WER/CER on each held-out set, decoded as ``transcribe`` decodes (cached per data and runtime)."""
+    if recipe.eval.skip_before or _rank() != 0:
+        return [None] * len(held)
+    ev = inference_engine(base, recipe.base.model, runtime)
+    befores = [_cached_before(ev, base, h.data.examples, recipe, fingerprint(h.data.examples), progress) for h in held]
+    for h, b in zip(held, befores):
+        logger.info("before (%s %s): WER %.3f CER %.3f", h.kind, h.split, b.wer, b.cer)
+    return befores
+
+
+def _lora_model(recipe: Recipe, base: Base):
+    """The frozen base (prepared for k-bit training when 8-bit, SpecAugment when the encoder trains) + LoRA."""
+    from peft import get_peft_model, prepare_model_for_kbit_training
+
+    from ..adapters.lora import lora_config
+
     model = base.model
     if recipe.train.spec_augment and recipe.lora.scope != "decoder":
         model.config.apply_spec_augment = True
@@ -572,62 +617,91 @@ def train(
     peft_model = get_peft_model(model, lc)
     trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
     logger.info("LoRA %s r=%d: %d trainable parameters", recipe.lora.scope, recipe.lora.r, trainable)
+    return peft_model, trainable
 
-    stamped = timestamped_rows(train_examples, recipe.data.timestamps, recipe.train.seed)
+
+def _trainer(recipe: Recipe, base: Base, peft_model, data: _Prepared, device: str, progress: bool):
+    """transformers' Trainer over the training (+ contrast) clips, with the best-by-validation callback.
+
+    Decoder-only LoRA trains on the frozen encoder's cached output (``_encoder_cache``): the encoder pass is paid
+    once per clip. Returns (trainer, best-checkpoint keeper or None, indices of timestamped rows)."""
+    from transformers import Trainer
+
+    encoder_hidden = val_hidden = None
+    if recipe.lora.scope == "decoder":
+        clips = data.train + data.contrast + data.validation
+        bar = _bar(progress, "encoder cache", len(clips))
+        hidden = _encoder_cache(base, clips, recipe.eval.batch_size, bar.update if bar is not None else None)
+        n = len(data.train) + len(data.contrast)
+        encoder_hidden, val_hidden = hidden[:n], hidden[n:]
+        if bar is not None:
+            bar.close()
+    stamped = timestamped_rows(data.train, recipe.data.timestamps, recipe.train.seed)
     train_ds = _dataset(
         base,
-        train_examples + contrast,
+        data.train + data.contrast,
         recipe.language,
         encoder_hidden,
         timestamped=stamped,
         speed_perturb=tuple(recipe.data.speed_perturb) if recipe.data.speed_perturb else None,
         seed=recipe.train.seed,
-        contrast=len(contrast),
+        contrast=len(data.contrast),
     )
-    steps_per_epoch = max(1, -(-len(train_ds) // (recipe.train.batch_size * recipe.train.grad_accum)))
-    args = TrainingArguments(
+    sot = base.processor.tokenizer.convert_tokens_to_ids("<|startoftranscript|>")
+    time_mask = recipe.train.mask_time_prob if recipe.train.spec_augment and encoder_hidden is not None else 0.0
+    trainer = Trainer(
+        model=peft_model,
+        args=_training_args(recipe, recipe.run_dir, device, progress),
+        train_dataset=train_ds,
+        data_collator=_Collator(sot, time_mask),
+    )
+    best = None
+    if data.validation:
+        steps_per_epoch = max(1, -(-len(train_ds) // (recipe.train.batch_size * recipe.train.grad_accum)))
+        every = recipe.train.validate_every or max(1, steps_per_epoch // 2)
+        best = _BestCheckpoint(base, peft_model, data.validation, val_hidden, recipe, recipe.run_dir, every)
+        trainer.add_callback(best.callback())
+    return trainer, best, stamped
+
+
+def _training_args(recipe: Recipe, run_dir: Path, device: str, progress: bool):
+    """The recipe's ``train`` settings as transformers ``TrainingArguments`` (checkpoints every ``save_steps``)."""
+    from transformers import TrainingArguments
+
+    t = recipe.train
+    return TrainingArguments(
         output_dir=str(run_dir),
-        per_device_train_batch_size=recipe.train.batch_size,
-        gradient_accumulation_steps=recipe.train.grad_accum,
-        learning_rate=recipe.train.lr,
-        num_train_epochs=recipe.train.epochs,
-        max_steps=recipe.train.max_steps,
-        warmup_steps=recipe.train.warmup_steps,
-        weight_decay=recipe.train.weight_decay,
+        per_device_train_batch_size=t.batch_size,
+        gradient_accumulation_steps=t.grad_accum,
+        learning_rate=t.lr,
+        num_train_epochs=t.epochs,
+        max_steps=t.max_steps,
+        warmup_steps=t.warmup_steps,
+        weight_decay=t.weight_decay,
         lr_scheduler_type="linear",
-        logging_steps=recipe.train.logging_steps,
+        logging_steps=t.logging_steps,
         save_strategy="steps",
-        save_steps=recipe.train.save_steps,
-        save_total_limit=recipe.train.save_total_limit,
-        seed=recipe.train.seed,
+        save_steps=t.save_steps,
+        save_total_limit=t.save_total_limit,
+        seed=t.seed,
         report_to=["tensorboard"],
         use_cpu=not str(device).startswith("cuda"),
-        fp16=recipe.train.precision == "fp16",
-        bf16=recipe.train.precision == "bf16",
+        fp16=t.precision == "fp16",
+        bf16=t.precision == "bf16",
         ddp_backend="gloo" if device == "cpu" and int(os.environ.get("WORLD_SIZE", "1")) > 1 else None,
         ddp_find_unused_parameters=False,
         remove_unused_columns=False,
         label_names=["labels"],
-        activation_checkpointing=recipe.train.gradient_checkpointing and recipe.lora.scope != "decoder",
+        activation_checkpointing=t.gradient_checkpointing and recipe.lora.scope != "decoder",
         activation_checkpointing_kwargs={"use_reentrant": False},
         dataloader_num_workers=0,
         disable_tqdm=not progress,
         save_only_model=False,
     )
-    sot = base.processor.tokenizer.convert_tokens_to_ids("<|startoftranscript|>")
-    trainer = Trainer(
-        model=peft_model,
-        args=args,
-        train_dataset=train_ds,
-        data_collator=_Collator(
-            sot, recipe.train.mask_time_prob if recipe.train.spec_augment and encoder_hidden is not None else 0.0
-        ),
-    )
-    best = None
-    if val_examples:
-        every = recipe.train.validate_every or max(1, steps_per_epoch // 2)
-        best = _BestCheckpoint(base, peft_model, val_examples, val_hidden, recipe, run_dir, every)
-        trainer.add_callback(best.callback())
+
+
+def _fit(trainer, run_dir: Path, resume: bool):
+    """Train, from the last whole checkpoint when resuming; returns (train output, seconds over all attempts)."""
     last = _last_checkpoint(run_dir) if resume else None
     if resume and last is None:
         logger.warning("--resume: no checkpoint in %s; starting from step 0", run_dir)
@@ -636,22 +710,20 @@ def train(
     t0, previous = time.perf_counter(), _previous_seconds(last)
     trainer.add_callback(_seconds_callback(t0, previous))
     out = trainer.train(resume_from_checkpoint=str(last) if last else None)
-    seconds = time.perf_counter() - t0 + previous
-    if _rank() != 0:
-        return TrainResult(None, before, None, seconds, out.global_step, run_dir, rejected)
-    if best is not None:
-        best.restore()
+    return out, time.perf_counter() - t0 + previous
 
-    # save with safetensors, evaluate through the same path as `eval`, file in the registry
-    adapter_dir = run_dir / "adapter"
-    shutil.rmtree(adapter_dir, ignore_errors=True)
+
+def _save(peft_model, adapter_dir: Path, base: Base) -> None:
+    from ..adapters.lora import save_adapter
+
     save_adapter(peft_model, adapter_dir, base.identity.hub_id)
-    log_history = trainer.state.log_history
-    # The trained model carries LoRA layers and k-bit preparation; evaluate the saved files on a fresh inference
-    # engine, exactly as `lora-whisper transcribe --adapter` will.
-    del trainer, peft_model, model
-    base.model = None
-    record = AdapterRecord(
+
+
+def _new_record(
+    recipe: Recipe, base: Base, trainable: int, data_fp: str, seconds: float, adapter_dir: Path
+) -> AdapterRecord:
+    """The registry record of the trained adapter, before scoring (version 0: the registry numbers it)."""
+    return AdapterRecord(
         name=recipe.name,
         version=0,
         language=recipe.language,
@@ -671,17 +743,18 @@ def train(
         source="train",
         path=adapter_dir,
     )
-    engine = inference_engine(base, recipe.base.model, runtime, record)
-    afters = [evaluate_adapter(engine, h.data.examples, recipe, record, progress) for h in held]
-    after = afters[0]
-    for h, a in zip(held, afters):
-        logger.info("after (%s %s): WER %.3f CER %.3f", h.kind, h.split, a.wer, a.cer)
-    record.metrics = {
+
+
+def _metrics(data: _Prepared, befores, afters, best, out, log_history: list[dict], timestamped: int) -> dict:
+    """The record's ``metrics``: the headline before/after, every held-out set, and how training went."""
+    held = data.held
+    before, after = befores[0], afters[0]
+    return {
         "before": before.to_dict() if before else None,
         "after": after.to_dict(),
         "kind": held[0].kind,
         "split": held[0].split,
-        "held_out": len(test_set.examples),
+        "held_out": len(held[0].data.examples),
         "evaluations": [
             {
                 "kind": h.kind,
@@ -692,20 +765,14 @@ def train(
             }
             for h, b, a in zip(held, befores, afters)
         ],
-        "train_clips": len(train_examples),
-        "contrast_clips": len(contrast),
-        "train_kind": KIND_REAL if recipe.data.source != "synthetic" else "synthetic",
-        "timestamped_clips": len(stamped),
+        "train_clips": len(data.train),
+        "contrast_clips": len(data.contrast),
+        "train_kind": KIND_REAL if data.held[0].kind == KIND_REAL else "synthetic",
+        "timestamped_clips": timestamped,
         "validation": best.summary() if best is not None else None,
         "steps": out.global_step,
         "final_loss": next((h["loss"] for h in reversed(log_history) if "loss" in h), None),
     }
-    record.inactive_reason = inactive_reason(before, after, held[0].kind, held[0].split)
-    record.calibration = _calibrate(engine, record, recipe, val_examples or test_set.examples)
-    del engine
-    plot = _plot(log_history, before, after, run_dir / "training.png", recipe.name)
-    filed = _file(registry, record, recipe, adapter_dir, plot)
-    return TrainResult(filed, before, after, seconds, out.global_step, run_dir, rejected)
 
 
 def _file(registry: Registry, record: AdapterRecord, recipe: Recipe, adapter_dir: Path, plot: Path) -> AdapterRecord:
