@@ -207,7 +207,7 @@ def test_streaming_sse(engine, clips):
 
 
 def test_translation_and_server_defaults(engine, clips):
-    from lora_whisper.serve.app import parse_defaults
+    from lora_whisper.serve.parsing import parse_defaults
 
     exp = next(engine.transcribe([clips[0]], TranscribeOptions(task="translate", adapter="none", **FAST)))
     with running(engine) as (url, _app):
