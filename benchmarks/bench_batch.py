@@ -39,7 +39,8 @@ def _files(args) -> list[Path]:
     else:
         p = Path(src)
         if p.suffix in (".jsonl", ".csv"):
-            from lora_whisper.batch.runner import BatchOptions, collect_inputs
+            from lora_whisper.batch.inputs import collect_inputs
+            from lora_whisper.batch.options import BatchOptions
 
             files = [Path(i.path) for i in collect_inputs([str(p)], BatchOptions(out=Path("."))) if i.path]
         else:
@@ -65,7 +66,9 @@ def main() -> None:
     import torch
 
     from lora_whisper.base.loading import load_base, quiet_libraries
-    from lora_whisper.batch.runner import BatchOptions, EngineSpec, read_output, run_batch
+    from lora_whisper.batch.options import BatchOptions, EngineSpec
+    from lora_whisper.batch.pipeline import run_batch
+    from lora_whisper.batch.resume import read_output
     from lora_whisper.transcribe.audio import load_audio
     from lora_whisper.transcribe.engine import Engine, TranscribeOptions
 

@@ -773,7 +773,7 @@ def pull(ctx, repo, name, language, domain, revision):
 
 
 # ---- commands kept in their own modules (one owner each) --------------------------------------------------------
-from .batch.runner import batch as _batch_command  # noqa: E402
+from .batch.command import batch as _batch_command  # noqa: E402
 from .serve.command import serve as _serve_command  # noqa: E402
 
 main.add_command(_serve_command, "serve")

@@ -20,18 +20,12 @@ from conftest import file_adapter
 ray = pytest.importorskip("ray")
 
 from lora_whisper.adapters.registry import Registry  # noqa: E402
-from lora_whisper.batch.runner import (  # noqa: E402
-    FAULT_ENV,
-    BatchError,
-    BatchOptions,
-    EngineSpec,
-    Item,
-    collect_inputs,
-    latest_rows,
-    make_units,
-    read_output,
-    run_batch,
-)
+from lora_whisper.batch.inputs import collect_inputs  # noqa: E402
+from lora_whisper.batch.options import BatchError, BatchOptions, EngineSpec, Item  # noqa: E402
+from lora_whisper.batch.pipeline import run_batch  # noqa: E402
+from lora_whisper.batch.resume import latest_rows, read_output  # noqa: E402
+from lora_whisper.batch.units import make_units  # noqa: E402
+from lora_whisper.batch.worker import FAULT_ENV  # noqa: E402
 from lora_whisper.transcribe.engine import Engine, TranscribeOptions  # noqa: E402
 
 N_GOOD = 8
@@ -211,7 +205,7 @@ def test_routes_detected_once_across_runs(ray_local, model_dir, registry, audio_
     s2, rows2, _ = _run([audio_dir], out, model_dir, registry)
     assert s2.skipped == 0 and s2.detected == N_GOOD - 4 + len(BAD) and s2.done == N_GOOD + len(BAD)
     assert rows2 == _expected(model_dir, registry, sorted(audio_dir.iterdir()), _topts())
-    from lora_whisper.batch.runner import _read_routes, _route_signature
+    from lora_whisper.batch.resume import _read_routes, _route_signature
 
     sig = _route_signature(_topts(), _spec(model_dir, registry))
     assert len(_read_routes(out / "routes.jsonl", sig)) == N_GOOD  # unreadable files are not remembered
