@@ -28,7 +28,7 @@ NGPU=$("$PY" -c "import torch; print(torch.cuda.device_count())")
 
 echo "== 1. placement (the device each torchrun rank loads the base on)"
 "$PY" - <<PYEOF
-from lora_whisper.base import pick_device
+from lora_whisper.base.loading import pick_device
 n = $NGPU
 for rank in range(n):
     print(f"LOCAL_RANK={rank} -> {pick_device(None, {'LOCAL_RANK': str(rank)}, n)}")
@@ -39,7 +39,7 @@ echo "== 2. training steps on one GPU (batch 8, LoRA r=32 q/v encoder+decoder, $
 import json, time, torch
 from pathlib import Path
 from lora_whisper.audio import load_audio
-from lora_whisper.base import load_base
+from lora_whisper.base.loading import load_base
 from lora_whisper.lora import lora_config
 from peft import get_peft_model, prepare_model_for_kbit_training
 
@@ -108,7 +108,7 @@ echo "== 4. transcription speed on CUDA: lora-whisper vs faster-whisper (same wh
 "$PY" - <<'PYEOF'
 import time, glob, torch
 from lora_whisper.audio import load_audio
-from lora_whisper.base import load_base, offline_ct2_path
+from lora_whisper.base.loading import load_base, offline_ct2_path
 from lora_whisper.engine import Engine, TranscribeOptions
 files = sorted(glob.glob("tests/data/audio/*.wav"))
 audio = [(f, load_audio(f)) for f in files]

@@ -213,7 +213,7 @@ def test_srt_vtt_cues_are_segments_and_valid():
     ],
 )
 def test_bad_options_fail_before_loading(tmp_path, args, message, monkeypatch):
-    from lora_whisper.base.loading import loading as base_mod
+    from lora_whisper.base import loading as base_mod
     from lora_whisper.cli import main
 
     def no_load(*a, **k):
