@@ -38,9 +38,9 @@ echo "== 2. training steps on one GPU (batch 8, LoRA r=32 q/v encoder+decoder, $
 "$PY" - <<PYEOF
 import json, time, torch
 from pathlib import Path
-from lora_whisper.audio import load_audio
+from lora_whisper.transcribe.audio import load_audio
 from lora_whisper.base.loading import load_base
-from lora_whisper.lora import lora_config
+from lora_whisper.adapters.lora import lora_config
 from peft import get_peft_model, prepare_model_for_kbit_training
 
 rows = [json.loads(l) for l in Path("tests/data/audio/manifest.jsonl").read_text().splitlines() if l.strip()]
@@ -107,9 +107,9 @@ fi
 echo "== 4. transcription speed on CUDA: lora-whisper vs faster-whisper (same whisper-base weights, greedy)"
 "$PY" - <<'PYEOF'
 import time, glob, torch
-from lora_whisper.audio import load_audio
+from lora_whisper.transcribe.audio import load_audio
 from lora_whisper.base.loading import load_base, offline_ct2_path
-from lora_whisper.engine import Engine, TranscribeOptions
+from lora_whisper.transcribe.engine import Engine, TranscribeOptions
 files = sorted(glob.glob("tests/data/audio/*.wav"))
 audio = [(f, load_audio(f)) for f in files]
 seconds = sum(len(a) for _, a in audio) / 16000
