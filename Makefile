@@ -26,11 +26,13 @@ demo: setup espeak
 	$(VENV)/bin/lora-whisper -v train --lang fr --domain medical
 	$(PY) -m lora_whisper.demo
 
+# Two workers (pytest-xdist); tests that share a Ray runtime or the real base stay together in one worker.
 test: setup espeak
-	$(PY) -m pytest -q -m 'not slow'
+	$(PY) -m pytest -q -n 2 --dist loadgroup -m 'not slow' --durations=10
 
+# Unit tests on tiny models, no real base, no extra processes.
 test-fast: setup
-	$(PY) -m pytest -q -m 'not slow and not integration'
+	$(PY) -m pytest -q -n 2 -m 'not slow and not integration and not processes' --durations=10
 
 lint: setup
 	$(VENV)/bin/ruff check lora_whisper tests benchmarks

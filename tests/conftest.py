@@ -15,6 +15,12 @@ DATA = Path(__file__).parent / "data"
 AUDIO = DATA / "audio"
 TINY_HUB_ID = "test/tiny-whisper"
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs two pytest workers on a 2-core machine: one thread each (torch, CTranslate2, OpenMP), else
+    # four threads fight over two cores. Set before anything imports torch.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("MKL_NUM_THREADS", "1")
+
 
 def pytest_configure(config):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -18,6 +18,8 @@ import soundfile as sf
 from conftest import file_adapter
 
 ray = pytest.importorskip("ray")
+# one Ray runtime per worker: under xdist every test of this module runs in the same worker
+pytestmark = [pytest.mark.processes, pytest.mark.xdist_group("ray")]
 
 from lora_whisper.adapters.registry import Registry  # noqa: E402
 from lora_whisper.batch.inputs import collect_inputs  # noqa: E402

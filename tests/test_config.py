@@ -138,7 +138,9 @@ def test_persian_cpu_recipe_takes_its_manifest_from_the_environment(monkeypatch,
     r = load_recipe(Path(__file__).parents[1] / "recipes" / "fa-commonvoice.yaml")
     from lora_whisper.train.recipe import expand_path
 
-    assert [expand_path(c) for c in r.data.contrast] == [str(tmp_path / "en.jsonl")] and r.data.contrast_split == "train"
+    assert [expand_path(c) for c in r.data.contrast] == [
+        str(tmp_path / "en.jsonl")
+    ] and r.data.contrast_split == "train"
 
     assert r.language == "fa" and r.base.quantize == "int8" and r.data.validation > 0 and r.data.test_split == "dev"
     assert expand_path(r.data.train) == str(tmp_path / "m.jsonl")

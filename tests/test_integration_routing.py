@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from conftest import AUDIO
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("real-base")]
 REAL = [json.loads(x) for x in (AUDIO / "manifest.jsonl").read_text().splitlines() if x.strip()]
 
 

@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 from conftest import TINY_HUB_ID
 
@@ -145,6 +146,7 @@ def _cli(*args):
     return [sys.executable, "-m", "lora_whisper.cli", *args]
 
 
+@pytest.mark.processes
 def test_kill_then_resume_continues_from_checkpoint(tiny_model_dir, tmp_path):
     common = _args(
         tiny_model_dir,
@@ -193,6 +195,7 @@ def test_last_checkpoint_skips_half_written(tmp_path):
     assert _last_checkpoint(tmp_path) == tmp_path / "checkpoint-2"
 
 
+@pytest.mark.processes
 def test_data_parallel_two_cpu_processes(tiny_model_dir, tmp_path):
     """torchrun with 2 processes (gloo): the Trainer's own DDP; rank 0 evaluates and files."""
     extra = ("--set", "train.max_steps=2", "--set", "eval.skip_before=true", "--set", "train.batch_size=2")
