@@ -164,7 +164,8 @@ def main() -> None:
         others = []
         for src in args.other.split(","):
             path = ROOT / src if not Path(src).is_absolute() else Path(src)
-            split = {"split": args.other_split, "split_column": "split"} if args.other_split else {}
+            has_split = '"split"' in path.read_text(encoding="utf-8").split("\n", 1)[0]  # manifests without splits: all
+            split = {"split": args.other_split, "split_column": "split"} if args.other_split and has_split else {}
             loaded = load_manifest(path, **split)
             rows = [e for e in loaded.examples if e.language and e.language != lang][: args.other_max or None]
             others += validate(type(loaded)(rows)).examples
