@@ -132,15 +132,14 @@ def test_gpu_recipe_for_persian_validates():
 def test_persian_cpu_recipe_takes_its_manifest_from_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("CV_FA_MANIFEST", str(tmp_path / "m.jsonl"))
     monkeypatch.delenv("CV_EN_MANIFEST", raising=False)
+    recipe = Path(__file__).parents[1] / "recipes" / "fa-commonvoice.yaml"
+    assert load_recipe(recipe).data.contrast == []  # off by default
     with pytest.raises(RecipeError, match=r"data.contrast: environment variable CV_EN_MANIFEST is not set"):
-        load_recipe(Path(__file__).parents[1] / "recipes" / "fa-commonvoice.yaml")
+        load_recipe(recipe, ['data.contrast=["${CV_EN_MANIFEST}"]'])
     monkeypatch.setenv("CV_EN_MANIFEST", str(tmp_path / "en.jsonl"))
-    r = load_recipe(Path(__file__).parents[1] / "recipes" / "fa-commonvoice.yaml")
+    r = load_recipe(recipe, ['data.contrast=["${CV_EN_MANIFEST}"]'])
     from lora_whisper.train.recipe import expand_path
 
-    assert [expand_path(c) for c in r.data.contrast] == [
-        str(tmp_path / "en.jsonl")
-    ] and r.data.contrast_split == "train"
-
+    assert [expand_path(c) for c in r.data.contrast] == [str(tmp_path / "en.jsonl")]
     assert r.language == "fa" and r.base.quantize == "int8" and r.data.validation > 0 and r.data.test_split == "dev"
     assert expand_path(r.data.train) == str(tmp_path / "m.jsonl")
