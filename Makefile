@@ -26,9 +26,9 @@ demo: setup espeak
 	$(VENV)/bin/lora-whisper -v train --lang fr --domain medical
 	$(PY) -m lora_whisper.demo
 
-# Two workers (pytest-xdist); tests that share a Ray runtime or the real base stay together in one worker.
+# Two workers (pytest-xdist), one test file per worker at a time: a module's Ray runtime or real base is built once.
 test: setup espeak
-	$(PY) -m pytest -q -n 2 --dist loadgroup -m 'not slow' --durations=10
+	$(PY) -m pytest -q -n 2 --dist loadfile -m 'not slow' --durations=10
 
 # Unit tests on tiny models, no real base, no extra processes.
 test-fast: setup

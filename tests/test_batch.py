@@ -1,7 +1,8 @@
 """`lora-whisper batch` on a local Ray runtime (2 CPUs), with a tiny random Whisper and two tiny random adapters.
 
-One Ray runtime serves the whole module (Ray starts in ~6 s). The tiny model is re-initialised with larger weights
-(std 0.3) so that its language probabilities depend on the audio: restricted to pt and ro, some clips detect as pt
+One Ray runtime serves the whole session (Ray starts in ~6 s). The fixtures are session-scoped: under xdist a worker
+may run other modules between these tests, and module-scoped ones were then built twice. The tiny model is
+re-initialised with larger weights (std 0.3) so that its language probabilities depend on the audio: restricted to pt and ro, some clips detect as pt
 and the others as ro, which gives two routes (two adapters) to group by.
 """
 
@@ -18,8 +19,8 @@ import soundfile as sf
 from conftest import file_adapter
 
 ray = pytest.importorskip("ray")
-# one Ray runtime per worker: under xdist every test of this module runs in the same worker
-pytestmark = [pytest.mark.processes, pytest.mark.xdist_group("ray")]
+# `make test` runs with --dist loadfile: every test of this module runs in the same worker, with one Ray runtime
+pytestmark = pytest.mark.processes
 
 from lora_whisper.adapters.registry import Registry  # noqa: E402
 from lora_whisper.batch.inputs import collect_inputs  # noqa: E402
@@ -34,14 +35,14 @@ N_GOOD = 8
 BAD = ("empty.wav", "notes.wav", "silence.wav")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def ray_local():
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
     yield
     ray.shutdown()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def model_dir(tiny_model_dir, tmp_path_factory) -> Path:
     """The tiny Whisper with weights drawn at std 0.3 (its detection then varies with the audio)."""
     import torch
@@ -59,7 +60,7 @@ def model_dir(tiny_model_dir, tmp_path_factory) -> Path:
     return out
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def registry(model_dir, tmp_path_factory) -> Registry:
     """Two language adapters, pt and ro (random non-zero LoRA weights)."""
     import torch
@@ -86,7 +87,7 @@ def registry(model_dir, tmp_path_factory) -> Registry:
     return reg
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def audio_dir(tmp_path_factory) -> Path:
     """Eight clips (1.5-5 s of noisy tones, one 31 s: two chunks) and three bad files."""
     d = tmp_path_factory.mktemp("batch-audio")
@@ -138,7 +139,7 @@ def _run(inputs, out, model_dir, registry, topts=None, **kw) -> tuple:
     return s, read_output(s.output), lines
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def first_run(ray_local, model_dir, registry, audio_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("batch-out")
     return (out, *_run([audio_dir], out, model_dir, registry))

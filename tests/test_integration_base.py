@@ -6,7 +6,7 @@ import pytest
 from click.testing import CliRunner
 from conftest import AUDIO
 
-pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("real-base")]
+pytestmark = pytest.mark.integration
 
 MANIFEST = [json.loads(x) for x in (AUDIO / "manifest.jsonl").read_text().splitlines() if x.strip()]
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from conftest import AUDIO
 
-pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("real-base")]
+pytestmark = pytest.mark.integration
 
 CV = Path(__file__).parent / "data" / "cv-en-long"
 

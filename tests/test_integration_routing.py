@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 from conftest import AUDIO
 
-pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("real-base")]
+pytestmark = pytest.mark.integration
 REAL = [json.loads(x) for x in (AUDIO / "manifest.jsonl").read_text().splitlines() if x.strip()]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def short_run(tmp_path_factory, cache_dir):
     """`lora-whisper train --lang fr --domain medical` on the real 8-bit base, cut to 2 steps of 8 clips."""
     from click.testing import CliRunner

@@ -194,7 +194,6 @@ print("LOADED", [m for m in ("torch", "transformers", "peft") if m in sys.module
 
 
 @pytest.mark.integration
-@pytest.mark.xdist_group("real-base")
 def test_real_base_ct2_text_equals_faster_whisper(cache_dir):
     """The packaged whisper-base on three real clips: the ct2 runtime's text is faster-whisper int8's exactly."""
     from conftest import AUDIO

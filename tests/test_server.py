@@ -612,7 +612,6 @@ def test_sigterm_under_load_loses_no_accepted_request(tiny_model_dir, reg, clips
 
 # ---- the real base ------------------------------------------------------------------------------------------------
 @pytest.mark.integration
-@pytest.mark.xdist_group("real-base")
 def test_real_base_server_equals_engine(offline_base, tmp_path):
     engine = Engine(offline_base, Registry(tmp_path / "empty"))
     files = [AUDIO / "jfk_inaugural.wav", AUDIO / "fleurs-fr-000.wav"]
