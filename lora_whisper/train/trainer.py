@@ -233,9 +233,7 @@ def _encoder_cache(base: Base, examples: list[Example], batch_size: int, progres
     Keyed per clip (its samples) rather than per data set, so runs over other subsets of the same clips (a learning
     curve, another validation split) reuse what was computed and only encode clips never seen.
     """
-    import hashlib
 
-    import numpy as np
     import torch
     from safetensors.torch import load_file, save_file
 
@@ -243,8 +241,7 @@ def _encoder_cache(base: Base, examples: list[Example], batch_size: int, progres
     folder.mkdir(parents=True, exist_ok=True)
 
     def path_of(e: Example) -> Path:
-        digest = hashlib.sha256(np.ascontiguousarray(e.load(), dtype=np.float32).tobytes()).hexdigest()[:32]
-        return folder / f"{digest}.safetensors"
+        return folder / f"{_samples_digest(e)[:32]}.safetensors"
 
     paths = [path_of(e) for e in examples]
     todo = [i for i, p in enumerate(paths) if not p.is_file()]
