@@ -35,6 +35,8 @@ def short_run(tmp_path_factory, cache_dir):
             "--set",
             "data.max_test=4",
             "--set",
+            "data.max_test_out=4",
+            "--set",
             "train.max_steps=2",
             "--set",
             f"output.run_dir={tmp / 'run'}",
@@ -65,7 +67,7 @@ def test_eval_with_adapter_reproduces_training_figure(short_run, offline_base):
     from lora_whisper.train.trainer import evaluate_adapter, inference_engine, load_data
 
     rec = short_run.get("fr-medical")
-    recipe = load_recipe(find_recipe("fr", "medical"), ["data.max_train=8", "data.max_test=4"])
+    recipe = load_recipe(find_recipe("fr", "medical"), ["data.max_train=8", "data.max_test=4", "data.max_test_out=4"])
     _, test = load_data(recipe)
     examples = validate(test, offline_base.processor.tokenizer).examples
     # train scores on the engine `transcribe` builds (ct2 on CPU), whatever base it trained on
