@@ -1,6 +1,8 @@
 """Long-form decoding on real recordings: lora-whisper vs faster-whisper on the same files and weights, one run.
 
     python benchmarks/bench_longform.py --speech DIR [--audio tests/data/audio] [--threads 2] [--quantize none,dynamic]
+    python benchmarks/bench_longform.py --speech DIR --systems fw,ct2 --modes sequential   # the CTranslate2 runtime
+    python benchmarks/bench_longform.py --speech DIR --systems ct2 --modes sequential      # alone: its peak RSS
 
 Long files are real clips joined with 0.5 s of silence: Common Voice speakers of a manifest's ``dev`` split
 (``--speech``: a folder with manifest.jsonl rows audio/text/lang/split/speaker) grouped in speaker order into files of
@@ -22,7 +24,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 GAP = 0.5
-LABEL = {"none": "float32", "dynamic": "dynamic int8", "int8": "8-bit (bitsandbytes)"}
+LABEL = {"none": "float32", "dynamic": "dynamic int8", "int8": "8-bit (bitsandbytes)", "ct2": "--runtime ct2 (int8)"}
 
 
 def build_files(speech: Path | None, audio: Path, min_minutes: float, max_files: int):
@@ -87,16 +89,25 @@ def main() -> None:
     ap.add_argument("--modes", default="sequential,sequential+vad,batched+vad")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
+    ap.add_argument(
+        "--systems",
+        default="fw,torch",
+        help="comma list of fw (faster-whisper int8), ct2 (lora-whisper --runtime ct2, int8), torch (one engine per "
+        "--quantize); run one alone for its process's peak RSS, printed at the end",
+    )
     args = ap.parse_args()
+    systems = args.systems.split(",")
 
-    import torch
     from faster_whisper import BatchedInferencePipeline, WhisperModel
 
     from lora_whisper.base.loading import load_base, offline_ct2_path, quiet_libraries
     from lora_whisper.transcribe.engine import Engine, TranscribeOptions
 
     quiet_libraries()
-    torch.set_num_threads(args.threads)
+    if "torch" in systems:  # a ct2 or fw run alone never imports torch (its peak RSS is its own)
+        import torch
+
+        torch.set_num_threads(args.threads)
     files = build_files(args.speech, args.audio, args.min_minutes, args.max_files)
     total = sum(len(a) for _, a, *_ in files) / 16000
     print(
@@ -134,8 +145,9 @@ def main() -> None:
         results.append(row)
         print(json.dumps(row), flush=True)
 
-    fw = WhisperModel(str(offline_ct2_path()), device="cpu", compute_type="int8", cpu_threads=args.threads)
-    batched = BatchedInferencePipeline(fw)
+    if "fw" in systems:
+        fw = WhisperModel(str(offline_ct2_path()), device="cpu", compute_type="int8", cpu_threads=args.threads)
+        batched = BatchedInferencePipeline(fw)
 
     def fw_fn(vad: bool, batch: bool):
         def fn(name, a, lang):
@@ -148,7 +160,13 @@ def main() -> None:
 
         return fn
 
-    engines = {q: Engine(load_base("offline", quantize=q, device="cpu")) for q in args.quantize.split(",")}
+    engines = {}
+    if "ct2" in systems:
+        from lora_whisper.transcribe.runtime import build_engine
+
+        engines["ct2"] = build_engine("offline", "auto", "cpu", None, runtime="ct2", threads=args.threads)
+    if "torch" in systems:
+        engines |= {q: Engine(load_base("offline", quantize=q, device="cpu")) for q in args.quantize.split(",")}
 
     def ours_fn(engine, vad: bool, batch: bool):
         def fn(name, a, lang):
@@ -166,7 +184,8 @@ def main() -> None:
 
     for mode in modes:
         vad, batch = "vad" in mode, mode.startswith("batched")
-        run("faster-whisper int8", mode, fw_fn(vad, batch))
+        if "fw" in systems:
+            run("faster-whisper int8", mode, fw_fn(vad, batch))
         for q, engine in engines.items():
             run(f"lora-whisper {LABEL[q]}", mode, ours_fn(engine, vad, batch))
 
@@ -183,6 +202,11 @@ def main() -> None:
             + " | ".join(cells)
             + f" | {r['seconds']:.1f} | {ratio} | {b} |"
         )
+    import resource
+
+    print(
+        f"\npeak RSS of this process ({args.systems}): {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB"
+    )
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
 

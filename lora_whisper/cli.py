@@ -56,6 +56,7 @@ def _engine(ctx, quantize: str | None = None, options=None):
             runtime=o.get("runtime", "auto"),
             threads=o.get("threads", 0),
             options=options,
+            workers=o.get("workers", 1),
         )
     except (BaseModelError, RegistryError) as e:
         _fail(str(e).splitlines()[0])
@@ -116,6 +117,15 @@ def _progress(total: int, desc: str):
 )
 @click.option("--threads", default=0, show_default=True, help="CPU threads for inference (0: the runtime's default).")
 @click.option(
+    "--workers",
+    default=1,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="ct2 runtime: files decoded at once (faster-whisper's num_workers), each on --threads threads; serve's "
+    "micro-batches and transcribe's file lists use them. With more than 1, temperature-fallback sampling is not "
+    "repeatable run to run.",
+)
+@click.option(
     "--cache-size",
     default=4,
     show_default=True,
@@ -123,7 +133,7 @@ def _progress(total: int, desc: str):
 )
 @click.option("-v", "--verbose", count=True, help="-v info, -vv debug.")
 @click.pass_context
-def main(ctx, registry, base, quantize, device, runtime, threads, cache_size, verbose):
+def main(ctx, registry, base, quantize, device, runtime, threads, workers, cache_size, verbose):
     """lora-whisper: LoRA adapters for Whisper, per language and domain.
 
     Inference runs on CTranslate2 (faster-whisper's pipeline) on CPU and on torch on CUDA; see --runtime.
@@ -138,6 +148,7 @@ def main(ctx, registry, base, quantize, device, runtime, threads, cache_size, ve
         device=device,
         runtime=runtime,
         threads=threads,
+        workers=workers,
         cache_size=cache_size,
         quantize_given=quantize != "auto",
     )

@@ -283,3 +283,24 @@ def test_a_model_with_fewer_positions_than_whisper_decodes_without_a_limit_given
     assert engine.runtime.base.max_length == 64
     (r,) = engine.transcribe([wavs["good"]], TranscribeOptions(language="fr", adapter="none", temperature=(0.0,)))
     assert r.duration == 2.0
+
+
+def test_workers_decode_files_at_once_in_input_order_with_the_same_rows(tiny_model_dir, reg, wavs, engine):
+    """--workers 2: two files decode at once on two model replicas; the rows (text, routes, errors) and their order
+    are those of one worker, with adapters of two languages routed in the same list."""
+    files = [wavs["good"], wavs["empty"], wavs["mp3"], wavs["good2"], wavs["missing"], wavs["good"]]
+    two = build_engine(str(tiny_model_dir), "auto", "cpu", reg, cache_size=2, runtime="ct2", workers=2)
+    assert two.runtime.workers == 2 and two.runtime.model.model.num_workers == 2
+
+    def rows(eng):
+        out = []
+        for lang in ("fr", "de"):
+            res = list(eng.transcribe(files, TranscribeOptions(language=lang, **OPTS)))
+            out += [
+                (r.file, getattr(r, "error", None), getattr(r, "text", None), getattr(r, "adapter", None)) for r in res
+            ]
+        return out
+
+    one, par = rows(engine), rows(two)
+    assert par == one
+    assert {a for *_, a in par if a} == {"fr@1", "de@1"} and sum(e is not None for _, e, *_ in par) == 4

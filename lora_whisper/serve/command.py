@@ -134,6 +134,7 @@ def _load_engine(o: dict, defaults: dict):
             cache_size=o.get("cache_size", 4),
             runtime=o.get("runtime", "auto"),
             threads=o.get("threads", 0),
+            workers=o.get("workers", 1),
             options=defaults,
         )
     except Exception as e:  # noqa: BLE001 - one line, not a traceback

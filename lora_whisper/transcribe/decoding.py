@@ -74,6 +74,19 @@ def log_mel_chunked(fe, audio: np.ndarray, chunk_seconds: float = WINDOW_SECONDS
     return (out + 4.0) / 4.0
 
 
+def zero_padded_features(fe, audio: np.ndarray):
+    """The log-mel of a clip of at most 30 s computed on the clip alone, then padded with zero frames to 30 s, as
+    openai-whisper's ``transcribe()`` and faster-whisper feed Whisper (transformers pads the audio instead; it
+    does this only for the last window of a long file, so there is no switch for it to call)."""
+    import torch
+
+    n_fft = fe.n_fft
+    clip = audio if len(audio) > n_fft else np.pad(audio, (0, n_fft + 1 - len(audio)))
+    f = fe([clip], sampling_rate=SAMPLE_RATE, padding="longest", truncation=False, return_tensors="pt")
+    f = f.input_features[0, :, : fe.nb_max_frames]
+    return torch.nn.functional.pad(f, (0, fe.nb_max_frames - f.shape[-1]))
+
+
 class Decoder:
     """The decoding steps on one base (and, for merged adapters, on a separate merged model)."""
 
@@ -86,10 +99,21 @@ class Decoder:
         self.multilingual = bool(base.languages)
 
     # ---- features, encoder, language ------------------------------------------------------------------------
+    padding = "audio"
+    """How a clip under 30 s is brought to Whisper's 30 s input: ``audio`` pads the samples with silence before the
+    log-mel (transformers' feature extractor; the padding frames are the log-mel of silence), ``features`` computes
+    the log-mel of the clip alone and pads it with zero frames (openai-whisper's ``transcribe()`` and
+    faster-whisper). Measured on real speech in docs/runtime.md."""
+
     def features(self, audios: list[np.ndarray]):
         """Log-mel features of clips of at most 30 s, padded to 30 s (Whisper's input)."""
+        import torch
+
         fe = self.base.processor.feature_extractor
-        f = fe(audios, sampling_rate=SAMPLE_RATE, return_tensors="pt").input_features
+        if self.padding == "features":
+            f = torch.stack([zero_padded_features(fe, a) for a in audios])
+        else:
+            f = fe(audios, sampling_rate=SAMPLE_RATE, return_tensors="pt").input_features
         return f.to(self.base.device, self.dtype)
 
     def long_features(self, audio: np.ndarray):
@@ -97,6 +121,10 @@ class Decoder:
         import torch
 
         fe = self.base.processor.feature_extractor
+        if len(audio) <= WINDOW_SECONDS * SAMPLE_RATE and self.padding == "features":
+            features = zero_padded_features(fe, audio)[None]
+            mask = torch.ones(1, features.shape[-1], dtype=torch.long)
+            return features.to(self.base.device, self.dtype), mask.to(self.base.device)
         if len(audio) <= WINDOW_SECONDS * SAMPLE_RATE or fe.dither != 0.0:
             # a block under 30 s: Whisper's input is always 30 s, padded
             kw = {} if len(audio) <= WINDOW_SECONDS * SAMPLE_RATE else {"truncation": False, "padding": "longest"}

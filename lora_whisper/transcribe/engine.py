@@ -252,10 +252,7 @@ class Engine:
         check_runtime_options(self.runtime.kind, options)
         files = expand_inputs(paths)
         if self.runtime.kind == "ct2":
-            for item in files:
-                yield [r for r in self._ct2_stream(item, options) if not isinstance(r, Segment)][-1]
-                if progress:
-                    progress(1)
+            yield from self._ct2_transcribe(files, options, progress)
             return
         for group in _groups(files, max(options.batch_size, 1) * 2):
             kinds = [self._kind(item, options) for item in group]
@@ -768,6 +765,27 @@ class Engine:
             probs = self.runtime.detect(head.audio, candidates) if head is not None else {}
             top = next(iter(probs), None)
             yield Detection(_name(item), top, probs.get(top), dict(list(probs.items())[: options.top_k]))
+
+    def _ct2_transcribe(self, files: list, options: TranscribeOptions, progress) -> Iterator[Transcription | FileError]:
+        """Files in input order; with ``workers`` > 1 that many decode at once on Python threads (CTranslate2 and
+        the audio decoders release the GIL), one replica of the model each."""
+
+        def final(item):
+            return [r for r in self._ct2_stream(item, options) if not isinstance(r, Segment)][-1]
+
+        workers, pool = min(getattr(self.runtime, "workers", 1), len(files)), None
+        if workers > 1:
+            from concurrent.futures import ThreadPoolExecutor
+
+            pool = ThreadPoolExecutor(workers, thread_name_prefix="ct2-file")
+        try:
+            for res in pool.map(final, files) if pool else map(final, files):
+                yield res
+                if progress:
+                    progress(1)
+        finally:
+            if pool:
+                pool.shutdown(cancel_futures=True)
 
     def _ct2_stream(self, item, options: TranscribeOptions) -> Iterator[Segment | Transcription | FileError]:
         """One input on the ct2 runtime: detect on the first 30 s of speech (base model), route (adapter-consulted

@@ -176,6 +176,7 @@ def build_engine(
     runtime: str = "auto",
     threads: int = 0,
     options=None,
+    workers: int = 1,
 ):
     """An Engine over the runtime asked for (``auto``: ct2 on CPU, torch on CUDA or when ``options`` need torch)."""
     from .engine import Engine
@@ -184,7 +185,7 @@ def build_engine(
     if kind == "ct2":
         from .runtime_ct2 import CT2Runtime, load_ct2_base
 
-        rt = CT2Runtime(load_ct2_base(base, quantize, device), registry, cache_size, threads=threads)
+        rt = CT2Runtime(load_ct2_base(base, quantize, device), registry, cache_size, threads, workers)
         return Engine(None, registry, cache_size, runtime=rt)
     from ..base.loading import load_base, quiet_libraries
 

@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import shutil
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -134,17 +135,23 @@ class CT2Runtime(ResolvesAdapters):
         registry: where adapters (and their compiled copies) live.
         cache_size: compiled adapter models kept resident (least recently used dropped; the base is always kept).
         threads: CPU threads per model (0: CTranslate2's default).
+        workers: files decoded at once (faster-whisper's ``num_workers``: each model holds this many replicas,
+            each with ``threads`` threads); the engine then decodes a list of files on that many Python threads.
     """
 
     kind = "ct2"
 
-    def __init__(self, base: CT2Base, registry: Registry | None = None, cache_size: int = 4, threads: int = 0):
+    def __init__(
+        self, base: CT2Base, registry: Registry | None = None, cache_size: int = 4, threads: int = 0, workers: int = 1
+    ):
         from faster_whisper import WhisperModel
 
         self.base = base
         self.registry = registry
         self.cache_size = max(1, cache_size)
         self.threads = threads
+        self.workers = max(1, workers)
+        self._lock = threading.RLock()  # the LRU and compiles, when several files decode at once
         self._WhisperModel = WhisperModel
         self.model = self._load_model(base.ct2_path)
         self.base.languages = self._languages(self.model)
@@ -165,6 +172,7 @@ class CT2Runtime(ResolvesAdapters):
             device_index=int(index or 0),
             compute_type=self.base.quantize,
             cpu_threads=self.threads,
+            num_workers=self.workers,
         )
         model.max_length = self.base.max_length  # prompt and generation limits follow the model's positions
         return model
@@ -201,6 +209,10 @@ class CT2Runtime(ResolvesAdapters):
 
     def load(self, record: AdapterRecord):
         """Make the compiled model of ``record`` resident (compiling it first if needed); returns the model."""
+        with self._lock:
+            return self._load(record)
+
+    def _load(self, record: AdapterRecord):
         ref = record.ref
         if ref in self.models:
             model, compiled = self.models[ref]
@@ -274,8 +286,9 @@ class CT2Runtime(ResolvesAdapters):
             segments, _info = BatchedInferencePipeline(model).transcribe(audio, **kw)
         else:
             segments, _info = model.transcribe(audio, **kw)
-        # temperature fallback samples: a fixed seed per file (as the torch runtime seeds each call) makes a file's
-        # text depend on the file alone, so a figure measured twice is the same figure
+        # temperature fallback samples. CTranslate2's generator is thread-local and seeded once, at its first use in
+        # a model's worker thread, from the seed set last: a fixed seed makes a run's text the same run after run
+        # (same files, same order, one worker), so a figure measured twice is the same figure
         import ctranslate2
 
         ctranslate2.set_random_seed(0)
