@@ -1,6 +1,7 @@
 """`lora-whisper serve` on the ct2 runtime against the torch runtime: throughput, failures, server RSS over requests.
 
     python benchmarks/bench_serve_runtime.py [--requests 100] [--clients 4] [--clips tests/data/audio]
+    python benchmarks/bench_serve_runtime.py --runtimes ct2,ct2:2,torch --requests 400   # ct2:2 = --workers 2
 
 Each runtime is a real ``lora-whisper --runtime R serve`` process (``bench_serve.ServerProcess``, given the runtime
 through ``LORA_WHISPER_RUNTIME``) on an empty temporary registry; requests cycle through the clips (``model=auto``),
@@ -37,7 +38,9 @@ def main() -> None:
     payloads = [(p.name, p.read_bytes(), audio_info(p)) for p in clips]
     rows = []
     for rt in a.runtimes.split(","):
-        os.environ["LORA_WHISPER_RUNTIME"] = rt
+        # "ct2:2": the ct2 runtime with --workers 2 (two files of a micro-batch decoded at once)
+        os.environ["LORA_WHISPER_RUNTIME"], _, workers = rt.partition(":")
+        os.environ["LORA_WHISPER_WORKERS"] = workers or "1"
         with tempfile.TemporaryDirectory() as reg:
             server = ServerProcess(reg, "offline", "auto", a.max_batch, 50, 1000)
             server.wait_ready()

@@ -121,7 +121,9 @@ def _progress(total: int, desc: str):
     default=1,
     show_default=True,
     type=click.IntRange(min=1),
-    help="ct2 runtime: files decoded at once (faster-whisper's num_workers), each on --threads threads; serve's "
+    envvar="LORA_WHISPER_WORKERS",
+    help="ct2 runtime (env LORA_WHISPER_WORKERS): files decoded at once (faster-whisper's num_workers), each on "
+    "--threads threads (0: the CPU cores shared out); serve's "
     "micro-batches and transcribe's file lists use them. With more than 1, temperature-fallback sampling is not "
     "repeatable run to run.",
 )

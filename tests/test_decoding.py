@@ -250,3 +250,25 @@ def test_adapter_active_during_long_form_keeps_segments(tiny_base, tmp_path, tin
     assert res.adapter == "fr@1" and res.segments and all(s.adapter == "fr@1" for s in res.segments)
     assert all(0 <= s.start <= s.end <= 70.0 for s in res.segments)
     assert res.text != base.text  # the adapter really decoded the long file
+
+
+def test_short_clip_features_are_zero_padded_as_faster_whisper_pads_them():
+    """A clip under 30 s: the log-mel of the clip alone, then zero frames (faster-whisper / openai-whisper), not the
+    log-mel of silence that transformers' feature extractor gives when it pads the audio."""
+    from faster_whisper.audio import pad_or_trim
+    from faster_whisper.feature_extractor import FeatureExtractor
+    from transformers import WhisperFeatureExtractor
+
+    from lora_whisper.transcribe.decoding import zero_padded_features
+
+    rng = np.random.default_rng(0)
+    audio = (0.2 * np.sin(np.arange(16000 * 7) / 9) + rng.normal(0, 0.05, 16000 * 7)).astype(np.float32)
+    ours = zero_padded_features(WhisperFeatureExtractor(), audio).numpy()
+    theirs = pad_or_trim(FeatureExtractor()(audio))
+    assert ours.shape == theirs.shape == (80, 3000)
+    frames = len(audio) // 160
+    # every frame but the last (faster-whisper adds one hop of zeros at the end, transformers reflects at the edge)
+    assert np.abs(ours[:, : frames - 1] - theirs[:, : frames - 1]).max() < 1e-4
+    assert not ours[:, frames:].any()
+    padded_audio = WhisperFeatureExtractor()([audio], sampling_rate=16000, return_tensors="np").input_features[0]
+    assert padded_audio[:, frames + 5 :].max() < -0.3  # what the other way gives: the log-mel of silence

@@ -253,6 +253,7 @@ def _encoder_cache(base: Base, examples: list[Example], batch_size: int, progres
             from ..transcribe.engine import Engine
 
             engine = Engine(base)
+            engine.decoder.padding = "audio"  # training's features: transformers' (the cache holds only these)
         idx = todo[k : k + batch_size]
         hidden = engine.encode(engine.features([examples[i].audio for i in idx])).to("cpu", torch.float16)
         for i, h in zip(idx, hidden):

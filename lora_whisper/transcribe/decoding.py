@@ -99,11 +99,14 @@ class Decoder:
         self.multilingual = bool(base.languages)
 
     # ---- features, encoder, language ------------------------------------------------------------------------
-    padding = "audio"
-    """How a clip under 30 s is brought to Whisper's 30 s input: ``audio`` pads the samples with silence before the
-    log-mel (transformers' feature extractor; the padding frames are the log-mel of silence), ``features`` computes
-    the log-mel of the clip alone and pads it with zero frames (openai-whisper's ``transcribe()`` and
-    faster-whisper). Measured on real speech in docs/runtime.md."""
+    padding = "features"
+    """How a clip under 30 s is brought to Whisper's 30 s input: ``features`` computes the log-mel of the clip alone
+    and pads it with zero frames (openai-whisper's ``transcribe()`` and faster-whisper), ``audio`` pads the samples
+    with silence before the log-mel (transformers' feature extractor: the padding frames are the log-mel of
+    silence). Measured on real speech (docs/runtime.md, ``benchmarks/bench_padding.py``): the same WER, and the
+    torch runtime's text equals faster-whisper's far more often with ``features`` (151/156 against 105/156 on
+    Common Voice English), so both runtimes read a clip the same way. Training keeps ``audio``, transformers'
+    fine-tuning convention, on which every adapter here was trained."""
 
     def features(self, audios: list[np.ndarray]):
         """Log-mel features of clips of at most 30 s, padded to 30 s (Whisper's input)."""

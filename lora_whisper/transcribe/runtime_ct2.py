@@ -149,8 +149,9 @@ class CT2Runtime(ResolvesAdapters):
         self.base = base
         self.registry = registry
         self.cache_size = max(1, cache_size)
-        self.threads = threads
         self.workers = max(1, workers)
+        # several replicas at CTranslate2's default threads each would oversubscribe the cores: share them out
+        self.threads = threads or (max(1, (os.cpu_count() or 1) // self.workers) if self.workers > 1 else 0)
         self._lock = threading.RLock()  # the LRU and compiles, when several files decode at once
         self._WhisperModel = WhisperModel
         self.model = self._load_model(base.ct2_path)
