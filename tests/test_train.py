@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -282,7 +283,6 @@ def test_placement_each_rank_picks_its_own_gpu():
 
 def test_real_speech_training_through_the_manifest_source(tiny_model_dir, tmp_path):
     """The en-commonvoice recipe on a few real clips: splits by column, validation by speaker, best checkpoint."""
-    import shutil
 
     import torch
     from safetensors.torch import load_file
@@ -387,7 +387,6 @@ def test_persian_labels_use_persian_letters():
 def test_contrast_clips_teach_the_language_token_only_and_skip_calibration_clips(tiny_base, tmp_path):
     """Other languages' clips join training with ``<|sot|><|lang|>`` as their whole label, and a clip that is also a
     calibration negative is never among them (the threshold must be measured on clips the adapter never heard)."""
-    import shutil
 
     from lora_whisper.train.recipe import load_recipe
     from lora_whisper.train.trainer import _Collator, _dataset, load_contrast
@@ -417,3 +416,31 @@ def test_contrast_clips_teach_the_language_token_only_and_skip_calibration_clips
     own, other = batch["labels"].tolist()
     assert own[0] == ids("<|fa|>") and len([t for t in own if t != -100]) > 3
     assert [t for t in other if t != -100] == [ids("<|en|>")]
+
+
+def test_utterance_manifests_get_timestamped_labels(tmp_path, tiny_base):
+    """data.utterances: a manifest's clips are single utterances, so their speech span gives timestamped labels
+    (the segment format transcribe decodes in) to data.timestamps of them; without it they keep <|notimestamps|>."""
+    from lora_whisper.train.recipe import load_recipe
+    from lora_whisper.train.trainer import label_ids, load_data, timestamped_rows
+
+    audio = Path(__file__).parent / "data" / "audio"
+    rows = [json.loads(x) for x in (audio / "manifest.jsonl").read_text().splitlines() if x.strip()]
+    for r in rows:
+        shutil.copy(audio / r["audio"], tmp_path / r["audio"])
+    lines = [{**r, "split": "dev" if i < 2 else "train", "speaker": f"s{i}"} for i, r in enumerate(rows)]
+    (tmp_path / "m.jsonl").write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in lines) + "\n")
+    recipe_file = Path(__file__).parents[1] / "recipes" / "en-commonvoice.yaml"
+    sets = [f"data.train={tmp_path / 'm.jsonl'}", f"data.test={tmp_path / 'm.jsonl'}"]
+    plain, _ = load_data(load_recipe(recipe_file, sets))
+    assert not any(e.timed for e in plain.examples)
+    train, held = load_data(load_recipe(recipe_file, [*sets, "data.utterances=true"]))
+    assert len(train.examples) == 8 and all(e.timed for e in train.examples)
+    assert not any(e.timed for e in held.examples)  # held-out clips are only decoded
+    stamped = timestamped_rows(train.examples, 0.5, seed=0)
+    assert len(stamped) == 4
+    tok = tiny_base.processor.tokenizer
+    first = train.examples[min(stamped)]
+    lab = tok.convert_ids_to_tokens(label_ids(tok, first, "en", timestamped=True))
+    times = [t for t in lab if t.startswith("<|") and t[2:3].isdigit()]
+    assert len(times) == 2 and float(times[0][2:-2]) < float(times[1][2:-2]) <= 30.0

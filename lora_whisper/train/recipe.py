@@ -94,7 +94,11 @@ class DataConfig:
     timestamps: float = 0.5
     """synthetic: fraction of training clips whose labels carry timestamp tokens (``<|0.00|> text <|end|>``, from the
     clip's real speech span) so adapters keep Whisper's timestamp prediction; data without times (manifests, the
-    Hub) keeps ``<|notimestamps|>``."""
+    Hub) keeps ``<|notimestamps|>`` unless ``utterances`` says each clip is one utterance."""
+    utterances: bool = False
+    """manifest: each clip is one utterance (Common Voice, FLEURS): its speech span, found from the clip's energy as
+    for synthetic speech, gives ``timestamps`` of the training clips timestamped labels, the segment format
+    ``transcribe`` decodes in."""
     speed_perturb: tuple[float, float] | None = None
     """encoder+decoder: resample each training clip by a factor drawn from [low, high] (e.g. [0.9, 1.1]) every time
     it is used; None: off. Not possible on cached encoder outputs (decoder-only)."""

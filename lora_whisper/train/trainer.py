@@ -113,6 +113,9 @@ def load_splits(recipe: Recipe, progress=None) -> tuple[Loaded, list[HeldOut]]:
         )
         if split_col and Path(train_path).resolve() == Path(test_path).resolve() and d.train_split == d.test_split:
             raise ValueError(f"data.test_split: {d.test_split!r} is also the training split")
+        if d.utterances:  # one utterance per clip: its speech span is its segment (timestamped labels)
+            for e in train.examples:
+                e.timed = True
         return train, [HeldOut(KIND_REAL, d.test_split if split_col else Path(test_path).name, test)]
     if d.source == "folder":
         return load_folder(expand_path(d.train), language=lang, text_column=d.text_column), [
