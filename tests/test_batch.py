@@ -50,7 +50,7 @@ def model_dir(tiny_model_dir, tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("tiny-std03")
     shutil.copytree(tiny_model_dir, out, dirs_exist_ok=True)
-    torch.manual_seed(0)
+    torch.manual_seed(4)  # a draw whose detection differs between the clips (the 31 s one is pt, the rest ro)
     m = WhisperForConditionalGeneration.from_pretrained(tiny_model_dir)
     with torch.no_grad():
         for n, p in m.named_parameters():
