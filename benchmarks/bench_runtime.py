@@ -125,37 +125,16 @@ def main() -> None:
     if a.skip_adapters:
         return
     # 4. compiled adapters: first compile, switch, decode with an adapter forced
-    import torch
-    from peft import get_peft_model
+    from bench_cache import random_adapter
 
     from lora_whisper.adapters.compile import compile_adapter
-    from lora_whisper.adapters.lora import lora_config, save_adapter
-    from lora_whisper.adapters.registry import AdapterRecord, Registry
-    from lora_whisper.base.loading import load_model
+    from lora_whisper.adapters.registry import Registry
     from lora_whisper.transcribe.runtime_ct2 import CT2Runtime
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-runtime-"))
     reg = Registry(tmp / "adapters")
     for k, (name, lang) in enumerate([("a-fr", "fr"), ("b-de", "de")]):
-        torch.manual_seed(k)
-        pm = get_peft_model(load_model(ct2base.path, "none", "cpu"), lora_config("encoder+decoder", r=32, alpha=64))
-        with torch.no_grad():
-            for n, p in pm.named_parameters():
-                if "lora_B" in n:
-                    p.normal_(0, 0.002)
-        save_adapter(pm, tmp / name, ct2base.identity.hub_id)
-        reg.add(
-            tmp / name,
-            AdapterRecord(
-                name=name,
-                version=0,
-                language=lang,
-                base=ct2base.identity.to_dict(),
-                lora={"r": 32, "alpha": 64, "scope": "encoder+decoder"},
-                source="bench",
-            ),
-        )
-        del pm
+        random_adapter(reg, name, lang, ct2base, k)
     compiles = []
     for ref in ("a-fr", "b-de"):
         c = compile_adapter(reg.get(ref), ct2base.path, ct2base.identity.to_dict(), tokenizer_from=ct2base.ct2_path)
