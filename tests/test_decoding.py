@@ -272,3 +272,18 @@ def test_short_clip_features_are_zero_padded_as_faster_whisper_pads_them():
     assert not ours[:, frames:].any()
     padded_audio = WhisperFeatureExtractor()([audio], sampling_rate=16000, return_tensors="np").input_features[0]
     assert padded_audio[:, frames + 5 :].max() < -0.3  # what the other way gives: the log-mel of silence
+
+
+def test_short_block_mask_covers_the_clips_frames_only(tiny_base):
+    """A block under 30 s for sequential decoding: zero-padded features, and a mask over the clip's own frames (the
+    feature extractor's), so generate does not seek into the padding."""
+    import torch
+
+    from lora_whisper.transcribe.decoding import Decoder, zero_padded_features
+
+    audio = np.random.default_rng(0).normal(0, 0.1, 16000 * 5).astype(np.float32)
+    feats, mask = Decoder(tiny_base).long_features(audio)
+    fe = tiny_base.processor.feature_extractor
+    assert torch.equal(feats[0].float().cpu(), zero_padded_features(fe, audio))
+    want = fe([audio], sampling_rate=16000, return_attention_mask=True, return_tensors="pt").attention_mask
+    assert torch.equal(mask.cpu(), want.long())

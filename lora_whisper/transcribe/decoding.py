@@ -126,7 +126,9 @@ class Decoder:
         fe = self.base.processor.feature_extractor
         if len(audio) <= WINDOW_SECONDS * SAMPLE_RATE and self.padding == "features":
             features = zero_padded_features(fe, audio)[None]
-            mask = torch.ones(1, features.shape[-1], dtype=torch.long)
+            # the mask marks the clip's own frames, as the feature extractor's does: generate seeks within them
+            mask = torch.zeros(1, features.shape[-1], dtype=torch.long)
+            mask[:, : min(len(audio) // fe.hop_length, features.shape[-1])] = 1
             return features.to(self.base.device, self.dtype), mask.to(self.base.device)
         if len(audio) <= WINDOW_SECONDS * SAMPLE_RATE or fe.dither != 0.0:
             # a block under 30 s: Whisper's input is always 30 s, padded

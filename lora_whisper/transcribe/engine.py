@@ -773,7 +773,7 @@ class Engine:
         def final(item):
             return [r for r in self._ct2_stream(item, options) if not isinstance(r, Segment)][-1]
 
-        workers, pool = min(getattr(self.runtime, "workers", 1), len(files)), None
+        workers, pool = min(self.runtime.workers, len(files)), None
         if workers > 1:
             from concurrent.futures import ThreadPoolExecutor
 
