@@ -101,6 +101,7 @@ def test_new_fields_are_checked():
                 "data.validation=-1",
                 "lora.scope=decoder",
                 "data.speed_perturb=[0.9,1.1]",
+                "data.speed_copies=0",
                 "train.mask_time_prob=1.5",
             ],
         )
@@ -109,7 +110,7 @@ def test_new_fields_are_checked():
         "train.precision: 'fp8'",
         "data.timestamps",
         "data.validation",
-        "speed_perturb: needs lora.scope",
+        "data.speed_copies: decoder-only speed perturbation adds copies",
         "mask_time_prob",
     ):
         assert needle in msg, needle

@@ -444,3 +444,25 @@ def test_utterance_manifests_get_timestamped_labels(tmp_path, tiny_base):
     lab = tok.convert_ids_to_tokens(label_ids(tok, first, "en", timestamped=True))
     times = [t for t in lab if t.startswith("<|") and t[2:3].isdigit()]
     assert len(times) == 2 and float(times[0][2:-2]) < float(times[1][2:-2]) <= 30.0
+
+
+def test_decoder_only_speed_perturbation_adds_fixed_resampled_copies():
+    """data.speed_perturb on cached encoder output: each training clip gets speed_copies copies, each resampled at a
+    factor drawn once from the range (seeded), same text and speaker, no timestamps; the same copies every run."""
+    import numpy as np
+
+    from lora_whisper.train.data import Example
+    from lora_whisper.train.trainer import speed_copies
+
+    clips = [
+        Example(
+            f"c{i}", np.random.default_rng(i).standard_normal(16000).astype(np.float32), f"t{i}", "fa", f"s{i}", True
+        )
+        for i in range(3)
+    ]
+    copies = speed_copies(clips, (0.9, 1.1), 2, seed=0)
+    assert len(copies) == 6 and [c.text for c in copies] == ["t0", "t0", "t1", "t1", "t2", "t2"]
+    assert all(c.speaker == clips[i // 2].speaker and not c.timed for i, c in enumerate(copies))
+    lengths = [len(c.audio) for c in copies]
+    assert all(16000 / 1.1 - 2 <= n <= 16000 / 0.9 + 2 for n in lengths) and len(set(lengths)) > 1
+    assert [len(c.audio) for c in speed_copies(clips, (0.9, 1.1), 2, seed=0)] == lengths

@@ -100,8 +100,13 @@ class DataConfig:
     for synthetic speech, gives ``timestamps`` of the training clips timestamped labels, the segment format
     ``transcribe`` decodes in."""
     speed_perturb: tuple[float, float] | None = None
-    """encoder+decoder: resample each training clip by a factor drawn from [low, high] (e.g. [0.9, 1.1]) every time
-    it is used; None: off. Not possible on cached encoder outputs (decoder-only)."""
+    """Speed perturbation (tempo and pitch, as Kaldi's), factors in [low, high] (e.g. [0.9, 1.1]); None: off.
+    encoder+decoder: each training clip is resampled by a new factor every time it is used. decoder-only (cached
+    encoder output): ``speed_copies`` resampled copies of every training clip are added, each at a factor drawn once
+    (seeded), and their encoder output is cached like any clip's (Kaldi's offline 3-way perturbation, drawn)."""
+    speed_copies: int = 1
+    """decoder-only with ``speed_perturb``: resampled copies added per training clip (each costs one encoder pass
+    and one more clip per epoch)."""
     contrast: list[str] = field(default_factory=list)
     """Manifests (with a ``lang`` column) of real speech in *other* languages, mixed into training with the language
     token as their only label: the adapter learns to say its language only on audio of it, so its own-language
@@ -350,9 +355,9 @@ def _check_data(r: Recipe) -> list[str]:
             and 0.5 <= sp[0] <= sp[1] <= 2.0
         ):
             p.append(f"data.speed_perturb: expected [low, high] factors within [0.5, 2.0], got {sp!r}")
-        elif r.lora.scope == "decoder":
+        elif r.lora.scope == "decoder" and (not isinstance(d.speed_copies, int) or d.speed_copies < 1):
             p.append(
-                "data.speed_perturb: needs lora.scope encoder+decoder (decoder-only trains on cached encoder output)"
+                f"data.speed_copies: decoder-only speed perturbation adds copies: expected 1 or more, got {d.speed_copies!r}"
             )
     if not isinstance(d.contrast, list) or not all(isinstance(x, str) for x in d.contrast):
         p.append(f"data.contrast: expected a list of manifest paths, got {d.contrast!r}")

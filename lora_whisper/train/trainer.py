@@ -324,6 +324,29 @@ def _speed(audio, factor: float):
     return soxr.resample(audio, 16000 * factor, 16000).astype(np.float32)
 
 
+def speed_copies(
+    examples: list[Example], factors: tuple[float, float], copies: int, seed: int, progress: bool = False
+) -> list[Example]:
+    """``copies`` speed-perturbed copies of each example, each at a factor drawn once from ``factors`` (seeded).
+
+    For decoder-only training, whose encoder output is cached per clip: a fixed copy is what can be cached (Kaldi's
+    offline speed perturbation), where encoder+decoder training draws a new factor at every access (``_dataset``).
+    The copies keep the text and speaker; their labels carry no timestamps (the span moved).
+    """
+    import random
+
+    from tqdm import tqdm
+
+    rng = random.Random(seed + 7919)
+    out = []
+    for e in tqdm(examples, desc="speed copies", unit="clip", disable=not progress):
+        audio = e.load()
+        for _ in range(copies):
+            f = rng.uniform(*factors)
+            out.append(Example(f"{e.id}@speed{f:.3f}", _speed(audio, f), e.text, e.language, e.speaker, timed=False))
+    return out
+
+
 def _dataset(
     base: Base,
     examples: list[Example],
@@ -571,6 +594,10 @@ def _prepare_data(recipe: Recipe, base: Base, progress: bool) -> _Prepared:
     # max_train draws from what validation left, at random (seeded): the validation speakers stay the same whatever
     # the cap, so runs with 250, 500, 1,000 clips are scored on the same clips (a learning curve)
     train_examples = _sample(train_examples, recipe.data.max_train, recipe.train.seed)
+    if recipe.lora.scope == "decoder" and recipe.data.speed_perturb:
+        train_examples = train_examples + speed_copies(
+            train_examples, recipe.data.speed_perturb, recipe.data.speed_copies, recipe.train.seed, progress
+        )
     contrast = load_contrast(recipe)
     data_fp = fingerprint(train_all.examples + contrast + [e for h in held for e in h.data.examples])
     logger.info(
