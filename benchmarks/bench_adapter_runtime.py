@@ -50,6 +50,9 @@ def main() -> None:
     ap.add_argument("--synthetic", default=None, help="a corpus name: held-out synthetic clips of it")
     ap.add_argument("--max", type=int, default=40)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument(
+        "--quantize", default="auto", choices=["auto", "none"], help="ct2 side: int8 (auto) or float32 (none)"
+    )
     a = ap.parse_args()
 
     from faster_whisper import WhisperModel
@@ -66,18 +69,19 @@ def main() -> None:
     data = clips(a)
     refs = [r for _, _, r in data]
     opts = TranscribeOptions(adapter=rec.ref, language=rec.language)
-    ct2 = build_engine("offline", "auto", "cpu", reg, runtime="ct2", threads=a.threads)
+    ct2 = build_engine("offline", a.quantize, "cpu", reg, runtime="ct2", threads=a.threads)
+    compute = "float32" if a.quantize == "none" else "int8"
     compiled = ct2.runtime.compile(rec)
     rows = []
 
-    fw = WhisperModel(str(compiled.path), device="cpu", compute_type="int8", cpu_threads=a.threads)
+    fw = WhisperModel(str(compiled.path), device="cpu", compute_type=compute, cpu_threads=a.threads)
     fw.transcribe(data[0][1][:16000], **fw_options(opts, rec.language))
     t = time.perf_counter()
     hyps = []
     for _, audio, _ in data:
         segs, _ = fw.transcribe(audio, **fw_options(opts, rec.language))
         hyps.append(" ".join(s.text.strip() for s in segs if s.text.strip()))
-    rows.append(("faster-whisper int8 on the compiled (merged) folder", time.perf_counter() - t, hyps))
+    rows.append((f"faster-whisper {compute} on the compiled (merged) folder", time.perf_counter() - t, hyps))
     del fw
 
     list(ct2.transcribe([("warm", data[0][1][:16000])], opts))
