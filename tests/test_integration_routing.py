@@ -44,6 +44,8 @@ def short_run(tmp_path_factory, cache_dir):
             "eval.skip_before=true",
             "--set",
             "calibration.max_per_source=20",
+            "--set",
+            "data.contrast_max=4",
         ],
     )
     assert res.exit_code == 0, res.output

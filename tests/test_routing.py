@@ -42,14 +42,16 @@ def test_threshold_forced_language_and_adapter():
 # for each clip, the base's language probabilities and each adapter's probability of its own language (adapter active).
 
 PROBS = Path(__file__).parent / "data" / "routing_probs.json"
+# the same measurement for fr-medical trained with 96 real English contrast clips (recipes/contrast)
+PROBS_CONTRAST = Path(__file__).parent / "data" / "routing_probs_contrast.json"
 REGRESSION_CLIP = "cv-dev/common_voice_en_37190595.opus"
 """Real English (Common Voice dev) the base got right at 0.47; the old gate sent it to fr-medical (own prob 0.996)."""
 RESCUED_AT_LEAST = 16
 """Synthetic French clips the base misdetects that the new gate still gives to fr-medical (measured: 16 of 33)."""
 
 
-def _measured():
-    data = json.loads(PROBS.read_text())
+def _measured(path=PROBS):
+    data = json.loads(path.read_text())
     recs = [
         AdapterRecord(
             a["ref"].split("@")[0],
@@ -203,3 +205,41 @@ def test_a_calibrated_synthetic_adapter_never_takes_real_speech_of_other_speaker
         rec_fixed = AdapterRecord(rec.name, rec.version, "fr", B, domain="medical", metrics=rec.metrics, active=True)
         fixed = sum(_decide(c, [rec_fixed], "medical") == rec.ref for c in synth)
         assert routed >= fixed and routed >= 50, (routed, fixed)
+
+
+def test_calibrate_scores_by_the_adapters_own_probability_when_it_refuses_other_languages_itself():
+    """An adapter trained with contrast clips gives other languages' audio a low own probability: the score is then
+    its own probability (the base's probability of a synthetic voice's language is noise), with the threshold above
+    every negative; an adapter that claims its language everywhere keeps the geometric score."""
+    from lora_whisper.transcribe.routing import calibrate
+
+    pos = [({"ja": 0.6, "fr": 0.003}, 0.999), ({"th": 0.5, "fr": 0.02}, 0.998), ({"fr": 0.3, "ja": 0.4}, 0.4)]
+    neg = [({"en": 0.7, "fr": 0.018}, 0.79), ({"de": 0.99, "fr": 0.001}, 0.15), ({"en": 0.99, "fr": 0.05}, 0.01)]
+    cal = calibrate(pos, neg, "fr", margin=1.1)
+    assert cal["score"] == "own" and cal["threshold"] == round(1 / (1 + (1 - 0.79) / (10 * 0.79)), 4)  # 10x odds
+    assert cal["own"] == {"n": 3, "accepted": 2} and cal["other"]["accepted"] == 0
+    assert cal["rule"].startswith("adapter p(lang) >=")
+    rec = AdapterRecord("fr-medical", 1, "fr", B, domain="medical", active=True, calibration=cal)
+    assert accept_claim({"ja": 0.6, "fr": 0.003}, rec, 0.999)  # a synthetic clip the base calls Japanese
+    assert not accept_claim({"en": 0.6, "fr": 0.02}, rec, 0.7)  # real English the adapter half-claims
+    # sure of English: an own-score adapter is not asked, whatever the base gives French
+    assert not should_consult({"en": 0.85, "fr": 0.1}, 0.8, [rec]) and should_consult({"en": 0.6}, 0.8, [rec])
+    everywhere = [(p, 0.999) for p, _ in neg]
+    assert calibrate(pos, everywhere, "fr")["score"] == "geometric"
+
+
+@pytest.mark.skipif(not PROBS_CONTRAST.is_file(), reason="no measured probabilities")
+def test_a_contrast_trained_synthetic_adapter_routes_its_clips_and_no_real_speech():
+    """Measured probabilities of fr-medical trained with real English contrast clips: calibrated on half of the real
+    clips of other languages, checked on the other half, no real clip goes to it, and with --domain medical at least
+    54 of the 60 held-out synthetic French clips (other voices and sentences) do; the geometric score took 43."""
+    recs, clips = _measured(PROBS_CONTRAST)
+    rec = recs[0]
+    real = [c for c in clips if c["kind"] == "real" and c["language"] != rec.language]
+    synth = [c for c in clips if c["kind"].startswith("synthetic")]
+    for calib, check in ((real[::2], real[1::2]), (real[1::2], real[::2])):
+        _calibrated(rec, synth, calib)
+        assert rec.calibration["score"] == "own"
+        assert [c["id"] for c in check if _decide(c, [rec], "medical") == rec.ref] == []
+        routed = sum(_decide(c, [rec], "medical") == rec.ref for c in synth)
+        assert routed >= 54, routed

@@ -20,6 +20,8 @@ SMALL = [
     "--set",
     "calibration.max_per_source=3",
     "--set",
+    "data.contrast_max=2",
+    "--set",
     "data.max_train=8",
     "--set",
     "data.max_test=4",

@@ -50,7 +50,7 @@ def _routing_section(record: AdapterRecord) -> str:
 
 When the language is not given, lora-whisper detects it with the base and asks this adapter where the base is
 unsure or gives `{record.language}` some weight; the adapter's claim is accepted when
-`sqrt(base p({record.language}) x adapter p({record.language})) >= {cal.get("threshold")}`. The threshold was measured at
+`{_score_text(cal, record.language)} >= {cal.get("threshold")}`. The threshold was measured at
 the end of training: just above ({cal.get("margin")}x) the highest score of {cal.get("other", {}).get("n")} real clips
 of other languages ({", ".join(cal.get("languages") or [])}); it accepts {cal.get("own", {}).get("accepted")} of
 {cal.get("own", {}).get("n")} of its own validation clips and {cal.get("other", {}).get("accepted")} of the others.
@@ -58,6 +58,12 @@ of other languages ({", ".join(cal.get("languages") or [])}); it accepts {cal.ge
         if cal.get("threshold") is not None
         else ""
     )
+
+
+def _score_text(cal: dict, language: str) -> str:
+    if cal.get("score") == "own":
+        return f"adapter p({language})"
+    return f"sqrt(base p({language}) x adapter p({language}))"
 
 
 def model_card(record: AdapterRecord, repo_id: str) -> str:

@@ -110,13 +110,46 @@ def trained_on_synthetic(record: AdapterRecord) -> bool:
     return ((record.recipe or {}).get("data") or {}).get("source") == "synthetic"  # records before train_kind
 
 
-def claim_score(base_prob: float, own_prob: float) -> float:
-    """How strongly the base and an adapter together support the adapter's language on one piece of audio.
+SCORES = {
+    "geometric": "sqrt(base p(lang) x adapter p(lang))",
+    "own": "adapter p(lang)",
+}
+"""The claim scores a calibration can choose (``calibrate``), as the record's ``calibration.rule`` writes them."""
 
-    The geometric mean of the base's probability of the language and the adapter's own (adapter active): both must
-    agree. A synthetic-voice adapter's decoder gives its own language ~1.0 on any audio, so its score follows the
-    base's; a real-speech adapter that learnt its language's sounds raises the score where the base hesitates.
+
+OWN_ODDS_MARGIN = 10.0
+"""An own-probability threshold sits this many times the highest other-language clip's odds (p / (1 - p)). The highest
+own probability of a few hundred negatives is a sample maximum that the next real clip can exceed: fr-medical trained
+with contrast clips gave 0.79 at most to 189 calibration clips, and 0.70 and 0.27 to the top two of 166 other real
+clips. Probabilities near 1 saturate, so the margin is on the odds, an order of magnitude (0.79 -> 0.974)."""
+OWN_MAX_THRESHOLD = 0.99
+"""Above this, the adapter does not refuse other languages by itself (its own probability is near 1 on some of them):
+the geometric score is used."""
+
+
+def _odds_above(p: float, factor: float) -> float:
+    """The probability whose odds are ``factor`` times those of ``p``."""
+    p = min(max(p, 0.0), 1.0 - 1e-9)
+    odds = factor * p / (1.0 - p)
+    return odds / (1.0 + odds)
+
+
+def claim_score(base_prob: float, own_prob: float, kind: str = "geometric") -> float:
+    """How strongly an adapter's claim to its language is supported on one piece of audio.
+
+    ``geometric`` (the default): the geometric mean of the base's probability of the language and the adapter's own
+    (adapter active): both must agree. A synthetic-voice adapter's decoder gives its own language ~1.0 on any audio,
+    so its score follows the base's; a real-speech adapter that learnt its language's sounds raises the score where
+    the base hesitates.
+
+    ``own``: the adapter's own probability alone, for an adapter that refuses other languages' audio by itself
+    (trained with contrast clips): on a synthetic voice the base's probability of the language is near noise
+    (0.002-0.04 for synthetic French), and multiplying by it only loses clips.
     """
+    if kind == "own":
+        return max(own_prob, 0.0)
+    if kind != "geometric":
+        raise ValueError(f"unknown claim score {kind!r}; expected one of {list(SCORES)}")
     return math.sqrt(max(base_prob, 0.0) * max(own_prob, 0.0))
 
 
@@ -127,31 +160,44 @@ def calibrate(
     margin: float = 1.1,
     min_own_prob: float = 0.5,
 ) -> dict | None:
-    """The adapter's routing threshold, measured: just above every score of real speech in other languages.
+    """The adapter's routing rule, measured: a score and a threshold just above every score of real speech in other
+    languages.
+
+    The score is the adapter's own probability (``own``) when the adapter refuses every other-language clip by
+    itself with room to spare (it was trained to say other languages on their audio, ``data.contrast``): the
+    threshold is then ``OWN_ODDS_MARGIN`` times the highest negative's odds, and must stay at or below
+    ``OWN_MAX_THRESHOLD``. Otherwise the score is the geometric mean with the base's probability (``geometric``),
+    ``margin`` times the highest negative score. The choice looks at the negatives only, never at the adapter's own
+    clips.
 
     Args:
         positives: (base probabilities, adapter's own-language probability) on clips of the adapter's language it
-            did not train on (its validation clips).
+            did not train on (its validation clips): they only say how many the rule lets through.
         negatives: the same on real clips of other languages.
         language: the adapter's language.
         margin: the threshold is the highest other-language score (among claims the adapter makes, own probability
             >= ``min_own_prob``) times this.
 
-    Returns the record's ``calibration`` (threshold, how many of each side it accepts), or None without negatives.
+    Returns the record's ``calibration`` (score, threshold, how many of each side it accepts), or None without
+    negatives.
     """
     if not negatives:
         return None
 
-    def scores(rows):
-        return [claim_score(p.get(language, 0.0), own) for p, own in rows if own >= min_own_prob]
+    def scores(rows, kind):
+        return [claim_score(p.get(language, 0.0), own, kind) for p, own in rows if own >= min_own_prob]
 
-    neg = scores(negatives)
+    worst_own = max((own for _, own in negatives), default=0.0)
+    own_threshold = max(_odds_above(worst_own, OWN_ODDS_MARGIN), min_own_prob)
+    kind = "own" if own_threshold <= OWN_MAX_THRESHOLD else "geometric"
+    neg = scores(negatives, kind)
     worst = max(neg, default=0.0)
-    threshold = min(1.0, max(worst * margin, 1e-4))
-    pos = scores(positives)
+    threshold = own_threshold if kind == "own" else min(1.0, max(worst * margin, 1e-4))
+    pos = scores(positives, kind)
     return {
         "threshold": round(threshold, 4),
-        "rule": "sqrt(base p(lang) x adapter p(lang)) >= threshold, adapter p(lang) >= 0.5",
+        "score": kind,
+        "rule": f"{SCORES[kind]} >= threshold, adapter p(lang) >= {min_own_prob}",
         "margin": margin,
         "min_own_prob": min_own_prob,
         "own": {"n": len(positives), "accepted": sum(s >= threshold for s in pos)},
@@ -178,9 +224,13 @@ def should_consult(
     if max(base_probs.values()) < options_consult_below:
         return True
     for r in records or []:
-        t = (r.calibration or {}).get("threshold")
-        if t is not None and r.routable and claim_score(base_probs.get(r.language, 0.0), 1.0) >= t:
-            return True
+        cal = r.calibration or {}
+        t = cal.get("threshold")
+        # a geometric claim could pass only where the base gives the language enough; an own-score adapter is asked
+        # where the base is unsure (above), as uncalibrated ones are
+        if t is not None and r.routable and cal.get("score", "geometric") == "geometric":
+            if claim_score(base_probs.get(r.language, 0.0), 1.0) >= t:
+                return True
     return False
 
 
@@ -195,7 +245,7 @@ def accept_claim(
     """Whether an adapter's claim on audio (its probability of its own language, adapter active) is accepted.
 
     A calibrated adapter (``record.calibration``, measured at the end of training by ``calibrate``): routable, sure
-    (``own_prob >= min_own_prob``), and ``claim_score(base p, own_prob)`` at or above its threshold.
+    (``own_prob >= min_own_prob``), and its ``claim_score`` (the kind its calibration chose) at or above its threshold.
 
     An uncalibrated one, all must hold:
       - the adapter is routable (active, not held back as worse than the base);
@@ -214,9 +264,10 @@ def accept_claim(
     if not record.routable:
         return False
     base_p = base_probs.get(record.language, 0.0)
-    threshold = (record.calibration or {}).get("threshold")
+    cal = record.calibration or {}
+    threshold = cal.get("threshold")
     if threshold is not None:
-        return own_prob >= min_own_prob and claim_score(base_p, own_prob) >= threshold
+        return own_prob >= min_own_prob and claim_score(base_p, own_prob, cal.get("score", "geometric")) >= threshold
     if not trained_on_synthetic(record) or base_p < min_base_prob:
         return False
     return own_prob >= min_own_prob and own_prob > base_p
