@@ -4,7 +4,14 @@ from pathlib import Path
 import pytest
 
 from lora_whisper.adapters.registry import AdapterRecord
-from lora_whisper.transcribe.routing import MIN_BASE_PROB, RouteRequest, accept_claim, route, should_consult
+from lora_whisper.transcribe.routing import (
+    MIN_BASE_PROB,
+    RouteRequest,
+    accept_claim,
+    route,
+    should_consult,
+    trained_on_synthetic,
+)
 
 B = {"hub_id": "openai/whisper-base", "fingerprint": "x"}
 RECORDS = [
@@ -146,7 +153,7 @@ def _calibrated(rec, clips, negatives, margin=1.1):
 
     pos = [(c["base_probs"], c["own_prob"][rec.ref]) for c in clips if c["language"] == rec.language]
     neg = [(c["base_probs"], c["own_prob"][rec.ref]) for c in negatives]
-    rec.calibration = calibrate(pos, neg, rec.language, margin)
+    rec.calibration = calibrate(pos, neg, rec.language, margin, synthetic=trained_on_synthetic(rec))
     return rec
 
 
@@ -215,7 +222,8 @@ def test_calibrate_scores_by_the_adapters_own_probability_when_it_refuses_other_
 
     pos = [({"ja": 0.6, "fr": 0.003}, 0.999), ({"th": 0.5, "fr": 0.02}, 0.998), ({"fr": 0.3, "ja": 0.4}, 0.4)]
     neg = [({"en": 0.7, "fr": 0.018}, 0.79), ({"de": 0.99, "fr": 0.001}, 0.15), ({"en": 0.99, "fr": 0.05}, 0.01)]
-    cal = calibrate(pos, neg, "fr", margin=1.1)
+    assert calibrate(pos, neg, "fr", margin=1.1)["score"] == "geometric"  # a real-speech adapter: the base informs
+    cal = calibrate(pos, neg, "fr", margin=1.1, synthetic=True)
     assert cal["score"] == "own" and cal["threshold"] == round(1 / (1 + (1 - 0.79) / (10 * 0.79)), 4)  # 10x odds
     assert cal["own"] == {"n": 3, "accepted": 2} and cal["other"]["accepted"] == 0
     assert cal["rule"].startswith("adapter p(lang) >=")
@@ -225,7 +233,7 @@ def test_calibrate_scores_by_the_adapters_own_probability_when_it_refuses_other_
     # sure of English: an own-score adapter is not asked, whatever the base gives French
     assert not should_consult({"en": 0.85, "fr": 0.1}, 0.8, [rec]) and should_consult({"en": 0.6}, 0.8, [rec])
     everywhere = [(p, 0.999) for p, _ in neg]
-    assert calibrate(pos, everywhere, "fr")["score"] == "geometric"
+    assert calibrate(pos, everywhere, "fr", synthetic=True)["score"] == "geometric"
 
 
 @pytest.mark.skipif(not PROBS_CONTRAST.is_file(), reason="no measured probabilities")

@@ -833,7 +833,7 @@ def _calibrate(engine, record: AdapterRecord, recipe: Recipe, own: list[Example]
     """The adapter's routing threshold (``routing.calibrate``) from its own clips (validation, else the held-out
     set: the threshold is set by the other languages only, the own clips say how many it lets through) and the
     recipe's real clips of other languages; None when the recipe names none."""
-    from ..transcribe.routing import calibrate
+    from ..transcribe.routing import calibrate, trained_on_synthetic
     from .calibration import load_negatives, measure
 
     c = recipe.calibration
@@ -845,7 +845,7 @@ def _calibrate(engine, record: AdapterRecord, recipe: Recipe, own: list[Example]
         return None
     pos = measure(engine.runtime, record.ref, own, recipe.language)
     neg = measure(engine.runtime, record.ref, negatives, recipe.language)
-    cal = calibrate(pos, neg, recipe.language, c.margin)
+    cal = calibrate(pos, neg, recipe.language, c.margin, synthetic=trained_on_synthetic(record))
     cal["languages"] = sorted({e.language for e in negatives})
     logger.info(
         "calibration: threshold %.4f accepts %d/%d of its own clips and %d/%d clips of %s",

@@ -159,22 +159,26 @@ def calibrate(
     language: str,
     margin: float = 1.1,
     min_own_prob: float = 0.5,
+    synthetic: bool = False,
 ) -> dict | None:
     """The adapter's routing rule, measured: a score and a threshold just above every score of real speech in other
     languages.
 
-    The score is the adapter's own probability (``own``) when the adapter refuses every other-language clip by
-    itself with room to spare (it was trained to say other languages on their audio, ``data.contrast``): the
+    For an adapter trained on synthetic speech (``synthetic``), the score is its own probability (``own``) when it
+    refuses every other-language clip by itself with room to spare (it was trained to say other languages on their audio, ``data.contrast``): the
     threshold is then ``OWN_ODDS_MARGIN`` times the highest negative's odds, and must stay at or below
     ``OWN_MAX_THRESHOLD``. Otherwise the score is the geometric mean with the base's probability (``geometric``),
     ``margin`` times the highest negative score. The choice looks at the negatives only, never at the adapter's own
-    clips.
+    clips. A real-speech adapter keeps the geometric score: there the base's probability is informed, and the Persian
+    adapter trained with English contrast clips, scored by its own probability, took 1 of 100 real English clips it
+    had never heard (geometric: 0).
 
     Args:
         positives: (base probabilities, adapter's own-language probability) on clips of the adapter's language it
             did not train on (its validation clips): they only say how many the rule lets through.
         negatives: the same on real clips of other languages.
         language: the adapter's language.
+        synthetic: the adapter was trained on synthetic speech (``trained_on_synthetic``).
         margin: the threshold is the highest other-language score (among claims the adapter makes, own probability
             >= ``min_own_prob``) times this.
 
@@ -189,7 +193,7 @@ def calibrate(
 
     worst_own = max((own for _, own in negatives), default=0.0)
     own_threshold = max(_odds_above(worst_own, OWN_ODDS_MARGIN), min_own_prob)
-    kind = "own" if own_threshold <= OWN_MAX_THRESHOLD else "geometric"
+    kind = "own" if synthetic and own_threshold <= OWN_MAX_THRESHOLD else "geometric"
     neg = scores(negatives, kind)
     worst = max(neg, default=0.0)
     threshold = own_threshold if kind == "own" else min(1.0, max(worst * margin, 1e-4))
