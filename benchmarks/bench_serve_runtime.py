@@ -2,6 +2,7 @@
 
     python benchmarks/bench_serve_runtime.py [--requests 100] [--clients 4] [--clips tests/data/audio]
     python benchmarks/bench_serve_runtime.py --runtimes ct2,ct2:2,torch --requests 400   # ct2:2 = --workers 2
+    python benchmarks/bench_serve_runtime.py --runtimes ct2:2,torch --requests 200 --rounds 4   # RSS after each round
 
 Each runtime is a real ``lora-whisper --runtime R serve`` process (``bench_serve.ServerProcess``, given the runtime
 through ``LORA_WHISPER_RUNTIME``) on an empty temporary registry; requests cycle through the clips (``model=auto``),
@@ -30,6 +31,7 @@ def main() -> None:
     ap.add_argument("--clips", default=str(Path(__file__).parents[1] / "tests" / "data" / "audio"))
     ap.add_argument("--runtimes", default="ct2,torch")
     ap.add_argument("--max-batch", type=int, default=8)
+    ap.add_argument("--rounds", type=int, default=1, help="read the server's RSS after each of this many rounds")
     a = ap.parse_args()
 
     from lora_whisper.transcribe.audio import AUDIO_EXTENSIONS, audio_info
@@ -46,10 +48,16 @@ def main() -> None:
             server.wait_ready()
             load_test(server.url, payloads, 0, a.clients, a.clients)
             rss0 = server.rss_mb()
-            r = load_test(server.url, payloads, a.clients, a.requests, a.clients)
-            rss1 = server.rss_mb()
+            r, series, per = None, [], a.requests // a.rounds
+            for k in range(a.rounds):
+                part = load_test(server.url, payloads, a.clients + k * per, per, a.clients)
+                series.append(server.rss_mb())
+                r = part if r is None else {key: r[key] + part[key] for key in ("wall", "audio_s", "lat", "failures")}
+            rss1 = series[-1]
             code = server.stop()
         rows.append((rt, r, rss0, rss1, code))
+        if a.rounds > 1:
+            print(f"  {rt}: RSS MB after warm-up {rss0:.0f}, after each round " + ", ".join(f"{x:.0f}" for x in series))
         print(f"  {rt}: {r['wall']:.1f} s, {len(r['failures'])} failed", file=sys.stderr, flush=True)
     print(f"\n{a.requests} requests, {a.clients} clients, clips of {a.clips}\n")
     print("| runtime | failed | wall s | audio s / s | p50 s | p95 s | RSS after warm-up MB | RSS at end MB | exit |")
