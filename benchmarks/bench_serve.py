@@ -75,6 +75,11 @@ def make_adapters(base, langs: list[str], registry) -> None:
         model = peft_model.unload()
 
 
+def split_rounds(n: int, rounds: int) -> list[int]:
+    """``n`` requests as ``rounds`` nearly equal rounds (the first ones take the remainder)."""
+    return [n // rounds + (1 if k < n % rounds else 0) for k in range(rounds)]
+
+
 def percentile(xs: list[float], q: float) -> float:
     import numpy as np
 
@@ -282,16 +287,13 @@ def main() -> None:
             with ThreadPoolExecutor(1) as one:
                 one.submit(engine_run, m, start, count).result()
 
-    def split(n: int) -> list[int]:
-        return [n // args.rounds + (1 if k < n % args.rounds else 0) for k in range(args.rounds)]
-
     # warm-up every mode (adapters loaded, allocator grown), then rounds that interleave the modes
     for m in modes:
         run(m, 0, warm)
     for r in acc.values():
         r.update(requests=0, failed=0, wall=0.0, audio_s=0.0, lat=[])
     rss = {m: [s.rss_mb()] for m, s in servers.items()}
-    per_server, per_engine = split(args.requests), split(args.baseline_requests)
+    per_server, per_engine = split_rounds(args.requests, args.rounds), split_rounds(args.baseline_requests, args.rounds)
     start = {m: warm for m in modes}
     for k in range(args.rounds):
         for m in modes:

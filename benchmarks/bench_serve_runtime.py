@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from bench_serve import ServerProcess, load_test, percentile  # noqa: E402
+from bench_serve import ServerProcess, load_test, percentile, split_rounds  # noqa: E402
 
 
 def main() -> None:
@@ -48,9 +48,10 @@ def main() -> None:
             server.wait_ready()
             load_test(server.url, payloads, 0, a.clients, a.clients)
             rss0 = server.rss_mb()
-            r, series, per = None, [], a.requests // a.rounds
-            for k in range(a.rounds):
-                part = load_test(server.url, payloads, a.clients + k * per, per, a.clients)
+            r, series, start = None, [], a.clients
+            for per in split_rounds(a.requests, a.rounds):
+                part = load_test(server.url, payloads, start, per, a.clients)
+                start += per
                 series.append(server.rss_mb())
                 r = part if r is None else {key: r[key] + part[key] for key in ("wall", "audio_s", "lat", "failures")}
             rss1 = series[-1]

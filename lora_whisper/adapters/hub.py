@@ -61,6 +61,7 @@ of other languages ({", ".join(cal.get("languages") or [])}); it accepts {cal.ge
 
 
 def _score_text(cal: dict, language: str) -> str:
+    # routing.SCORES in words; adapters/ does not import transcribe/ (imports go one way)
     if cal.get("score") == "own":
         return f"adapter p({language})"
     return f"sqrt(base p({language}) x adapter p({language}))"

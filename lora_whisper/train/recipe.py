@@ -357,7 +357,8 @@ def _check_data(r: Recipe) -> list[str]:
             p.append(f"data.speed_perturb: expected [low, high] factors within [0.5, 2.0], got {sp!r}")
         elif r.lora.scope == "decoder" and (not isinstance(d.speed_copies, int) or d.speed_copies < 1):
             p.append(
-                f"data.speed_copies: decoder-only speed perturbation adds copies: expected 1 or more, got {d.speed_copies!r}"
+                "data.speed_copies: decoder-only speed perturbation adds copies: expected 1 or more, "
+                f"got {d.speed_copies!r}"
             )
     if not isinstance(d.contrast, list) or not all(isinstance(x, str) for x in d.contrast):
         p.append(f"data.contrast: expected a list of manifest paths, got {d.contrast!r}")

@@ -165,8 +165,8 @@ def calibrate(
     languages.
 
     For an adapter trained on synthetic speech (``synthetic``), the score is its own probability (``own``) when it
-    refuses every other-language clip by itself with room to spare (it was trained to say other languages on their audio, ``data.contrast``): the
-    threshold is then ``OWN_ODDS_MARGIN`` times the highest negative's odds, and must stay at or below
+    refuses every other-language clip by itself with room to spare (it was trained to say other languages on their
+    audio, ``data.contrast``): the threshold is then ``OWN_ODDS_MARGIN`` times the highest negative's odds, and must stay at or below
     ``OWN_MAX_THRESHOLD``. Otherwise the score is the geometric mean with the base's probability (``geometric``),
     ``margin`` times the highest negative score. The choice looks at the negatives only, never at the adapter's own
     clips. A real-speech adapter keeps the geometric score: there the base's probability is informed, and the Persian
