@@ -239,6 +239,12 @@ def _decoding_options(f):
             "first temperature only, no fallback, like faster-whisper's batched pipeline).",
         ),
         click.option("--max-new-tokens", type=int, default=None, help="Token limit per window."),
+        click.option(
+            "--drop-failed/--keep-failed",
+            default=None,
+            help="Leave out (or keep, as Whisper does) a window whose every temperature failed the checks above. "
+            "Default: as the routed adapter's record says (its recipe's eval.drop_failed); the base keeps them.",
+        ),
     ]
     for o in reversed(opts):
         f = o(f)

@@ -287,3 +287,43 @@ def test_short_block_mask_covers_the_clips_frames_only(tiny_base):
     assert torch.equal(feats[0].float().cpu(), zero_padded_features(fe, audio))
     want = fe([audio], sampling_rate=16000, return_attention_mask=True, return_tensors="pt").attention_mask
     assert torch.equal(mask.cpu(), want.long())
+
+
+def test_failed_window_is_one_that_no_temperature_could_pass():
+    from lora_whisper.transcribe.segments import DecodeOptions, failed_window
+
+    o = DecodeOptions()
+    assert not failed_window({"avg_logprob": -0.3, "compression_ratio": 1.5}, o)
+    assert failed_window({"avg_logprob": -1.7, "compression_ratio": 1.5}, o)
+    assert failed_window({"avg_logprob": -0.1, "compression_ratio": 24.2}, o)  # "او با با با ..."
+    assert not failed_window({"avg_logprob": -1.7, "compression_ratio": 1.5}, DecodeOptions(logprob_threshold=None))
+    assert not failed_window({"avg_logprob": None, "compression_ratio": None}, o)
+
+
+def test_drop_failed_on_the_torch_runtime_follows_the_adapter_record(tiny_base, tmp_path, tiny_adapter_factory):
+    from conftest import file_adapter
+
+    from lora_whisper.adapters.registry import Registry
+
+    reg = Registry(tmp_path / "adapters")
+    fp = tiny_adapter_factory.fingerprint
+    file_adapter(reg, tiny_adapter_factory("decoder", 5), "fr", "fr", fingerprint=fp, scope="decoder")
+    file_adapter(
+        reg,
+        tiny_adapter_factory("decoder", 5),
+        "fr2",
+        "fr",
+        fingerprint=fp,
+        scope="decoder",
+        decoding={"drop_failed": True},
+    )
+    audio = (0.1 * np.random.default_rng(4).standard_normal(16000 * 5)).astype(np.float32)
+    e = Engine(tiny_base, reg)
+    (kept,) = e.transcribe([("clip", audio)], TranscribeOptions(language="fr", adapter="fr", **GREEDY))
+    assert kept.text and all(s.avg_logprob < -1.0 for s in kept.segments)  # every window failed the log-prob check
+    (dropped,) = e.transcribe([("clip", audio)], TranscribeOptions(language="fr", adapter="fr2", **GREEDY))
+    assert dropped.adapter == "fr2@1" and dropped.text == "" and not dropped.segments
+    (forced,) = e.transcribe(
+        [("clip", audio)], TranscribeOptions(language="fr", adapter="fr2", drop_failed=False, **GREEDY)
+    )
+    assert forced.text == kept.text

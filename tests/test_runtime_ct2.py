@@ -304,3 +304,43 @@ def test_workers_decode_files_at_once_in_input_order_with_the_same_rows(tiny_mod
     one, par = rows(engine), rows(two)
     assert par == one
     assert {a for *_, a in par if a} == {"fr@1", "de@1"} and sum(e is not None for _, e, *_ in par) == 4
+
+
+def test_adapter_filed_with_drop_failed_leaves_out_windows_that_failed_every_temperature(
+    tiny_model_dir, tmp_path, tiny_adapter_factory, wavs
+):
+    from dataclasses import asdict
+
+    from lora_whisper.transcribe.segments import failed_window
+
+    r = Registry(tmp_path / "adapters")
+    fp = tiny_adapter_factory.fingerprint
+    file_adapter(r, tiny_adapter_factory("decoder", 3), "de", "de", fingerprint=fp, scope="decoder")
+    file_adapter(
+        r,
+        tiny_adapter_factory("decoder", 3),
+        "de2",
+        "de",
+        fingerprint=fp,
+        scope="decoder",
+        decoding={"drop_failed": True},
+    )
+    assert r.get("de2").decoding == {"drop_failed": True}  # the registry field round-trips
+    engine = build_engine(str(tiny_model_dir), "auto", "cpu", r, runtime="ct2")
+    opts = TranscribeOptions(language="de", **OPTS)
+    (kept,) = engine.transcribe([wavs["good"]], TranscribeOptions(language="de", adapter="de", **OPTS))
+    # the random tiny model fails the log-prob check on every window: the premise of what follows
+    assert kept.text and kept.segments and all(failed_window(asdict(s), opts) for s in kept.segments)
+    (dropped,) = engine.transcribe([wavs["good"]], TranscribeOptions(language="de", adapter="de2", **OPTS))
+    assert dropped.adapter == "de2@1" and dropped.text == "" and dropped.segments == []
+    # the run's own option wins over the record, both ways
+    (forced,) = engine.transcribe(
+        [wavs["good"]], TranscribeOptions(language="de", adapter="de2", drop_failed=False, **OPTS)
+    )
+    assert forced.text == kept.text
+    (base,) = engine.transcribe([wavs["good"]], TranscribeOptions(language="de", adapter="none", **OPTS))
+    assert base.text  # the base keeps such windows, as Whisper does
+    (none,) = engine.transcribe(
+        [wavs["good"]], TranscribeOptions(language="de", adapter="none", drop_failed=True, **OPTS)
+    )
+    assert none.text == ""

@@ -168,6 +168,9 @@ class AdapterRecord:
     calibration: dict | None = None
     """Routing threshold measured at the end of training (``routing.calibrate``): ``threshold`` and how many of
     its own validation clips and of other languages' real clips it accepts. None: not calibrated."""
+    decoding: dict | None = None
+    """Decoding defaults this adapter is scored and used with (as a Hub model's ``generation_config.json``), e.g.
+    ``{"drop_failed": true}``; a run's own options win. None: the project's defaults."""
     path: Path | None = None
     """The version's folder (not stored in the file)."""
     active: bool = False
@@ -243,6 +246,7 @@ FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "source": (str,),
     "inactive_reason": (str,),
     "calibration": (dict,),
+    "decoding": (dict,),
 }
 """The JSON type each metadata field must have (None is allowed for the optional ones)."""
 

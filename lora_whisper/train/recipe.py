@@ -187,6 +187,9 @@ class EvalSettings:
     that picks checkpoints uses 2 x the longest reference + 16 when this is None."""
     skip_before: bool = False
     """Skip the 'before' evaluation (its numbers are then missing from the record)."""
+    drop_failed: bool = False
+    """File the adapter with ``decoding.drop_failed``: ``transcribe`` (and the 'after' figure) then leaves out a
+    window whose every fallback temperature failed, instead of keeping the last try (``--keep-failed`` overrides)."""
 
 
 @dataclass

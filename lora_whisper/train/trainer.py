@@ -769,6 +769,7 @@ def _new_record(
         data_fingerprint=data_fp,
         train_seconds=round(seconds, 1),
         source="train",
+        decoding={"drop_failed": True} if recipe.eval.drop_failed else None,
         path=adapter_dir,
     )
 

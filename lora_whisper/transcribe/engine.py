@@ -19,12 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..adapters.registry import AdapterRecord, Registry
+from ..adapters.registry import AdapterRecord, Registry, RegistryError
 from .audio import SAMPLE_RATE, AudioError, audio_info, expand_inputs, load_audio, stream_audio
 from .pool import adapter_key
 from .routing import Route, RouteRequest, accept_claim, route, should_consult
 from .runtime import check_runtime_options
-from .segments import BLOCK_SECONDS, TASKS, WINDOW_SECONDS, DecodeOptions, Piece, Segment, Word
+from .segments import BLOCK_SECONDS, TASKS, WINDOW_SECONDS, DecodeOptions, Piece, Segment, Word, failed_window
 
 logger = logging.getLogger("lora_whisper")
 
@@ -494,7 +494,7 @@ class Engine:
                             [u.route.language for _, u in batch], dec, features=f, fallback=False
                         )
                     for (j, u), raw in zip(batch, rows):
-                        out[j] = self._segments(u, raw, merged=False)
+                        out[j] = self._segments(u, raw, merged=False, options=dec)
                 return out
             for ref in refs:
                 members = [(j, u) for j, u in enumerate(units) if u.route.adapter == ref]
@@ -527,14 +527,28 @@ class Engine:
                                     langs, dec, features=f, encoded=enc, prompt=dec.initial_prompt, fallback=fallback
                                 )
                         for (j, u), raw in zip(batch, rows):
-                            out[j] = self._segments(u, raw, merged=merge)
+                            out[j] = self._segments(u, raw, merged=merge, options=dec)
         return out
 
-    def _segments(self, u: _Unit, raw: list[dict], merged: bool) -> list[Segment]:
+    def drops_failed(self, ref: str | None, options: DecodeOptions) -> bool:
+        """Whether windows that failed at every temperature are left out for adapter ``ref`` (None: the base):
+        the run's ``drop_failed`` when set, else the adapter record's ``decoding.drop_failed``."""
+        if options.drop_failed is not None:
+            return options.drop_failed
+        if ref is None:
+            return False
+        holder = self.pool if self.runtime.kind == "torch" else self.runtime
+        try:
+            return bool((holder.record(ref).decoding or {}).get("drop_failed", False))
+        except RegistryError:
+            return False
+
+    def _segments(self, u: _Unit, raw: list[dict], merged: bool, options: DecodeOptions) -> list[Segment]:
         segs = []
         length = len(u.piece.audio) / SAMPLE_RATE
+        drop = self.drops_failed(u.route.adapter, options)
         for r in raw:
-            if not r["text"]:
+            if not r["text"] or (drop and failed_window(r, options)):
                 continue
             # the model's closing timestamp can point past the audio's end: cues stay inside the file
             r = {**r, "start": min(r["start"], length), "end": min(r["end"], length)}
@@ -739,7 +753,7 @@ class Engine:
         # as Whisper: a window decoded hotter than 0.5 does not prompt the next one
         hot = bool(rows) and (rows[-1].get("temperature") or 0.0) > 0.5
         tokens = None if hot else [t for x in rows for t in x["tokens"]]
-        return self._segments(unit, rows, merged), keep_until, tokens
+        return self._segments(unit, rows, merged, dec), keep_until, tokens
 
     # ---- the ct2 runtime: one file at a time through faster-whisper's pipeline --------------------------------------
     def _ct2_audio(self, item, options: TranscribeOptions) -> np.ndarray:
@@ -811,8 +825,9 @@ class Engine:
         r = unit.route
         segs: list[Segment] = []
         length = len(audio) / SAMPLE_RATE
+        drop = self.drops_failed(r.adapter, options)
         for raw in self.runtime.decode(audio, r.language, options, r.adapter):
-            if not raw["text"]:
+            if not raw["text"] or (drop and failed_window(raw, options)):
                 continue
             start = round(min(raw["start"], length), 3)
             end = round(max(start, min(raw["end"], length)), 3)

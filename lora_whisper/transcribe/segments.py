@@ -81,6 +81,10 @@ class DecodeOptions:
     """Text to prompt the first window with (spelling of names, style)."""
     word_timestamps: bool = False
     """Words with start/end times (cross-attention on the alignment heads; forces eager attention, slower)."""
+    drop_failed: bool | None = None
+    """Leave out a window whose every temperature failed the checks above (the try kept is still repetitive or
+    improbable), as a no-speech window is; Whisper keeps it. None: as the routed adapter's record says
+    (``decoding.drop_failed``, from its recipe); the base keeps such windows."""
     max_new_tokens: int | None = None
     """Token limit per window. Default on the torch runtime: half the decoder's context, 220 for Whisper's 448, as
     openai-whisper's ``sample_len`` (the other half holds the previous-text prompt); on the ct2 runtime:
@@ -108,3 +112,17 @@ class Piece:
             acc += e - s
         s, e = self.spans[-1]
         return round(e, 3)
+
+
+def failed_window(segment: dict, options: DecodeOptions) -> bool:
+    """Whether a decoded window failed the fallback checks at every temperature.
+
+    faster-whisper and the torch decoder stop at the first temperature whose try passes (compression ratio at most
+    ``compression_ratio_threshold``, average log-prob at least ``logprob_threshold``); a window they return that
+    still fails a check is one where no temperature passed, and they keep a try anyway.
+    """
+    cr, lp = segment.get("compression_ratio"), segment.get("avg_logprob")
+    too_repetitive = options.compression_ratio_threshold is not None and cr is not None
+    too_repetitive = too_repetitive and cr > options.compression_ratio_threshold
+    improbable = options.logprob_threshold is not None and lp is not None and lp < options.logprob_threshold
+    return bool(too_repetitive or improbable)
