@@ -60,6 +60,19 @@ of other languages ({", ".join(cal.get("languages") or [])}); it accepts {cal.ge
     )
 
 
+def _decoding_section(record: AdapterRecord) -> str:
+    """The card's note on decoding defaults the adapter carries (``decoding`` in lora_whisper.json)."""
+    if not (record.decoding or {}).get("drop_failed"):
+        return ""
+    return """
+## Decoding (lora-whisper)
+
+A window that fails Whisper's fallback checks at every temperature (compression ratio above 2.4 or average
+log-probability below -1 even at temperature 1.0) is left out of the text, as a no-speech window is, where Whisper
+keeps its last try; the figures above were decoded so. `lora-whisper transcribe --keep-failed` keeps them.
+"""
+
+
 def _score_text(cal: dict, language: str) -> str:
     # routing.SCORES in words; adapters/ does not import transcribe/ (imports go one way)
     if cal.get("score") == "own":
@@ -90,7 +103,7 @@ processor = WhisperProcessor.from_pretrained("{record.base.get("hub_id")}")
 ```
 
 {_evaluation_section(record)}
-{_routing_section(record)}
+{_decoding_section(record)}{_routing_section(record)}
 Base weights fingerprint: `{record.base.get("fingerprint")}`. Training time: {record.train_seconds or "n/a"} s.
 """
     return f"---\n{_card_data(record, repo_id).to_yaml()}\n---\n{body}"
