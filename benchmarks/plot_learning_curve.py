@@ -6,7 +6,7 @@
     python benchmarks/plot_learning_curve.py --registry lc --registry adapters --names fa-lc-,fa-commonvoice \\
         --out docs/fa-learning-curve.png
 
-Prints a table (clips, steps, training seconds, dev WER/CER base -> adapter) and writes the plot. The figures are
+Prints a table (clips, steps, training seconds, dev WER/CER base -> adapter; each name's latest version) and writes the plot. The figures are
 the ones `train` filed (decoded as `transcribe` decodes); nothing is re-measured here.
 """
 
@@ -32,9 +32,13 @@ def main() -> None:
     prefixes = [p for p in args.names.split(",") if p]
     rows = []
     for folder in args.registry:
+        newest = {}  # each name's latest version: a rerun with a changed recipe replaces its point
         for rec in Registry(folder).list():
-            if not any(rec.name.startswith(p) for p in prefixes):
-                continue
+            if any(rec.name.startswith(p) for p in prefixes) and rec.version >= getattr(
+                newest.get(rec.name), "version", 0
+            ):
+                newest[rec.name] = rec
+        for rec in newest.values():
             m = rec.metrics or {}
             if not m.get("after") or not m.get("before"):
                 continue
