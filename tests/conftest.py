@@ -176,3 +176,18 @@ def file_adapter(registry, folder, name, language, domain=None, fingerprint=None
         **kw,
     )
     return registry.add(folder, rec)
+
+
+def file_keep_and_drop(registry, factory, keep: str, drop: str, language: str, seed: int) -> None:
+    """The same decoder-only tiny adapter filed twice: ``keep`` as usual, ``drop`` with ``decoding.drop_failed``."""
+    folder = factory("decoder", seed)
+    file_adapter(registry, folder, keep, language, fingerprint=factory.fingerprint, scope="decoder")
+    file_adapter(
+        registry,
+        folder,
+        drop,
+        language,
+        fingerprint=factory.fingerprint,
+        scope="decoder",
+        decoding={"drop_failed": True},
+    )

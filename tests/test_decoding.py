@@ -301,7 +301,7 @@ def test_failed_window_is_one_that_no_temperature_could_pass():
 
 
 def test_drop_failed_on_the_torch_runtime_follows_the_adapter_record(tiny_model_dir, tmp_path, tiny_adapter_factory):
-    from conftest import file_adapter
+    from conftest import file_keep_and_drop
 
     from lora_whisper.adapters.registry import Registry
     from lora_whisper.base.loading import load_base
@@ -310,17 +310,7 @@ def test_drop_failed_on_the_torch_runtime_follows_the_adapter_record(tiny_model_
     # with the same weights decoded differently here (not investigated; one engine per base is how the CLI runs)
     base = load_base(str(tiny_model_dir), quantize="none", device="cpu")
     reg = Registry(tmp_path / "adapters")
-    fp = tiny_adapter_factory.fingerprint
-    file_adapter(reg, tiny_adapter_factory("decoder", 5), "keeps", "fr", fingerprint=fp, scope="decoder")
-    file_adapter(
-        reg,
-        tiny_adapter_factory("decoder", 5),
-        "drops",
-        "fr",
-        fingerprint=fp,
-        scope="decoder",
-        decoding={"drop_failed": True},
-    )
+    file_keep_and_drop(reg, tiny_adapter_factory, "keeps", "drops", "fr", seed=5)
     audio = (0.1 * np.random.default_rng(4).standard_normal(16000 * 5)).astype(np.float32)
     e = Engine(base, reg)
     (kept,) = e.transcribe([("clip", audio)], TranscribeOptions(language="fr", adapter="keeps", **GREEDY))

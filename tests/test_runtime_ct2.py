@@ -9,7 +9,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import file_adapter
+from conftest import file_adapter, file_keep_and_drop
 
 from lora_whisper.adapters.compile import COMPILED_DIR, compile_adapter, find_compiled, list_compiled
 from lora_whisper.adapters.registry import Registry
@@ -314,17 +314,7 @@ def test_adapter_filed_with_drop_failed_leaves_out_windows_that_failed_every_tem
     from lora_whisper.transcribe.segments import failed_window
 
     r = Registry(tmp_path / "adapters")
-    fp = tiny_adapter_factory.fingerprint
-    file_adapter(r, tiny_adapter_factory("decoder", 3), "de", "de", fingerprint=fp, scope="decoder")
-    file_adapter(
-        r,
-        tiny_adapter_factory("decoder", 3),
-        "de2",
-        "de",
-        fingerprint=fp,
-        scope="decoder",
-        decoding={"drop_failed": True},
-    )
+    file_keep_and_drop(r, tiny_adapter_factory, "de", "de2", "de", seed=3)
     assert r.get("de2").decoding == {"drop_failed": True}  # the registry field round-trips
     engine = build_engine(str(tiny_model_dir), "auto", "cpu", r, runtime="ct2")
     opts = TranscribeOptions(language="de", **OPTS)
