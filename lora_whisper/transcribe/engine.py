@@ -479,6 +479,7 @@ class Engine:
         dec = options.decode_options()
         out: dict[int, list[Segment]] = {}
         refs = list(dict.fromkeys(u.route.adapter for u in units))
+        drops = {ref: self.drops_failed(ref, dec) for ref in refs}  # one record lookup per adapter, not per unit
         keys: dict = {}
         with contextlib.ExitStack() as pins:
             # each adapter is pinned as soon as it is resident, so loading the next cannot evict it
@@ -494,7 +495,7 @@ class Engine:
                             [u.route.language for _, u in batch], dec, features=f, fallback=False
                         )
                     for (j, u), raw in zip(batch, rows):
-                        out[j] = self._segments(u, raw, merged=False, options=dec)
+                        out[j] = self._segments(u, raw, False, dec, drops[u.route.adapter])
                 return out
             for ref in refs:
                 members = [(j, u) for j, u in enumerate(units) if u.route.adapter == ref]
@@ -527,7 +528,7 @@ class Engine:
                                     langs, dec, features=f, encoded=enc, prompt=dec.initial_prompt, fallback=fallback
                                 )
                         for (j, u), raw in zip(batch, rows):
-                            out[j] = self._segments(u, raw, merged=merge, options=dec)
+                            out[j] = self._segments(u, raw, merge, dec, drops[ref])
         return out
 
     def drops_failed(self, ref: str | None, options: DecodeOptions) -> bool:
@@ -543,10 +544,11 @@ class Engine:
         except RegistryError:
             return False
 
-    def _segments(self, u: _Unit, raw: list[dict], merged: bool, options: DecodeOptions) -> list[Segment]:
+    def _segments(self, u: _Unit, raw: list[dict], merged: bool, options: DecodeOptions, drop: bool) -> list[Segment]:
+        """The unit's decoded windows as Segments in file time; ``drop``: leave out windows that failed every
+        temperature (``drops_failed``)."""
         segs = []
         length = len(u.piece.audio) / SAMPLE_RATE
-        drop = self.drops_failed(u.route.adapter, options)
         for r in raw:
             if not r["text"] or (drop and failed_window(r, options)):
                 continue
@@ -753,7 +755,7 @@ class Engine:
         # as Whisper: a window decoded hotter than 0.5 does not prompt the next one
         hot = bool(rows) and (rows[-1].get("temperature") or 0.0) > 0.5
         tokens = None if hot else [t for x in rows for t in x["tokens"]]
-        return self._segments(unit, rows, merged, dec), keep_until, tokens
+        return self._segments(unit, rows, merged, dec, self.drops_failed(r.adapter, dec)), keep_until, tokens
 
     # ---- the ct2 runtime: one file at a time through faster-whisper's pipeline --------------------------------------
     def _ct2_audio(self, item, options: TranscribeOptions) -> np.ndarray:

@@ -119,7 +119,8 @@ def failed_window(segment: dict, options: DecodeOptions) -> bool:
 
     faster-whisper and the torch decoder stop at the first temperature whose try passes (compression ratio at most
     ``compression_ratio_threshold``, average log-prob at least ``logprob_threshold``); a window they return that
-    still fails a check is one where no temperature passed, and they keep a try anyway.
+    still fails a check is one where no temperature passed, and they keep a try anyway. Where only the first
+    temperature is tried (batched long-form, mixed batches), failing it counts as failing.
     """
     cr, lp = segment.get("compression_ratio"), segment.get("avg_logprob")
     too_repetitive = options.compression_ratio_threshold is not None and cr is not None
