@@ -14,6 +14,9 @@ check), scored with Whisper's basic normalizer. Sections:
   espeak   synthetic speech (espeak-ng, 4 voices) of short sentences in Arabic, Urdu and Turkish: no real recordings
            of these languages ship here, and the base is less sure of synthetic voices than of real ones, so this
            is a harder (pessimistic) stand-in for the real-speech check: how many go to the adapter.
+  probs    the routing probabilities themselves, per set (dev, --other, the espeak clips): how many clips the adapter
+           claims (its own p(lang) >= 0.5), its median own p(lang), the highest claim score, how many pass the
+           threshold: what decides routing, without decoding.
   long     dev clips joined with 0.5 s gaps into one file of --long seconds, routed automatically: segments, where
            the last one ends, repeated segments.
 """
@@ -96,6 +99,47 @@ def scored(rows, language):
 
     s = score([r[0] for r in rows], [r[1] for r in rows], language)
     return s.wer, s.cer, sum(loops(r[0], r[1]) for r in rows)
+
+
+def probe_sets(args, dev, lang):
+    """(name, examples) for the ``probs`` section: dev, each --other manifest, the espeak clips."""
+    from lora_whisper.base.loading import cache_dir
+    from lora_whisper.train.data import load_manifest, validate
+    from lora_whisper.train.synth import TEST_VARIANTS, synthesize, voices_for
+
+    out = [(f"{args.split} ({lang})", dev)]
+    for src in (args.other or "").split(",") if args.other else []:
+        path = ROOT / src if not Path(src).is_absolute() else Path(src)
+        has_split = '"split"' in path.read_text(encoding="utf-8").split("\n", 1)[0]
+        split = {"split": args.other_split, "split_column": "split"} if args.other_split and has_split else {}
+        loaded = load_manifest(path, **split)
+        rows = [e for e in loaded.examples if e.language and e.language != lang][: args.other_max or None]
+        out.append((path.parent.name, validate(type(loaded)(rows)).examples))
+    for code, texts in ESPEAK_SENTENCES.items():
+        voices = voices_for(code, TEST_VARIANTS, (140, 180), (35, 65), 4, 0)
+        out.append(
+            (
+                f"espeak {code}",
+                synthesize(texts, code, voices, cache_dir() / "tts" / code, seed=0, prefix=f"bench-{code}"),
+            )
+        )
+    return out
+
+
+def print_probs(name, examples, engine, rec, lang):
+    """One row of the ``probs`` section: the probabilities calibration measures (``calibration.measure``)."""
+    from lora_whisper.train.calibration import measure
+    from lora_whisper.transcribe.routing import claim_score
+
+    cal = rec.calibration or {}
+    kind, t = cal.get("score", "geometric"), cal.get("threshold")
+    rows = measure(engine.runtime, rec.ref, examples, lang)
+    own = np.array([o for _, o in rows])
+    claims = [claim_score(b.get(lang, 0.0), o, kind) for b, o in rows if o >= 0.5]
+    passed = sum(s >= t for s in claims) if t is not None else "-"
+    print(
+        f"{name:<22}{len(rows):>4}{int((own >= 0.5).sum()):>12}{np.median(own):>12.4f}{max(claims, default=0):>17.4f}{passed:>6}"
+    )
 
 
 def main() -> None:
@@ -201,6 +245,12 @@ def main() -> None:
                 f"{code:<10}{len(ex):>4}{sum(r[2] == code for r in b_rows):>19}{sum(r[2] == code for r in r_rows):>28}"
                 f"{sum(r[3] == rec.ref for r in r_rows):>24}"
             )
+
+    if "probs" in sections:
+        print(f"\n## routing probabilities ({rec.ref}: {(rec.calibration or {}).get('score', 'geometric')} score)")
+        print(f"{'set':<22}{'n':>4}{'own >= 0.5':>12}{'median own':>12}{'max claim score':>17}{'pass':>6}")
+        for name, ex in probe_sets(args, dev, lang):
+            print_probs(name, ex, routed_engine, rec, lang)
 
     if "long" in sections and args.long > 0:
         gap = np.zeros(8000, dtype=np.float32)

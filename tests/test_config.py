@@ -134,7 +134,11 @@ def test_persian_cpu_recipe_takes_its_manifest_from_the_environment(monkeypatch,
     monkeypatch.setenv("CV_FA_MANIFEST", str(tmp_path / "m.jsonl"))
     monkeypatch.delenv("CV_EN_MANIFEST", raising=False)
     recipe = Path(__file__).parents[1] / "recipes" / "fa-commonvoice.yaml"
-    assert load_recipe(recipe).data.contrast == []  # off by default
+    default = load_recipe(recipe)  # the shipped contrast and calibration clips, found from the repository root
+    assert default.data.contrast == ["recipes/contrast/manifest.jsonl", "recipes/contrast-tts/manifest.jsonl"]
+    root = Path(__file__).parents[1]
+    assert all((root / p).is_file() for p in default.data.contrast + default.calibration.negatives)
+    assert "recipes/contrast-tts/calibration.jsonl" in default.calibration.negatives
     with pytest.raises(RecipeError, match=r"data.contrast: environment variable CV_EN_MANIFEST is not set"):
         load_recipe(recipe, ['data.contrast=["${CV_EN_MANIFEST}"]'])
     monkeypatch.setenv("CV_EN_MANIFEST", str(tmp_path / "en.jsonl"))

@@ -118,3 +118,36 @@ def test_manifest_splits_and_speakers(tmp_path, clips):
     assert val_spk.isdisjoint(e.speaker for e in tr)  # whole speakers
     assert hold_out_speakers(train.examples, 5, seed=0)[1] == val  # seeded: a resume agrees
     assert hold_out_speakers(train.examples, 0)[1] == []
+
+
+def test_shipped_contrast_and_calibration_clips_are_disjoint():
+    """recipes/contrast-tts: contrast (trained on), calibration (routing negatives) and the benchmark's synthetic
+    probe share no sentence and no voice variant; the real English contrast clips are no calibration clip; every
+    row decodes."""
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).parents[1]
+    sys.path.insert(0, str(root / "benchmarks"))
+    from bench_fa import ESPEAK_SENTENCES
+
+    from lora_whisper.train.synth import TEST_VARIANTS
+
+    tts = root / "recipes" / "contrast-tts"
+    train = validate(load_manifest(tts / "manifest.jsonl")).examples
+    cal = validate(load_manifest(tts / "calibration.jsonl")).examples
+    assert len(train) == 240 and len(cal) == 36  # nothing skipped: every clip decodes
+    assert {"ar", "ur", "tr"} <= {e.language for e in cal} and "fa" not in {e.language for e in train + cal}
+    bench = {s for texts in ESPEAK_SENTENCES.values() for s in texts}
+    texts = [{e.text for e in train}, {e.text for e in cal}, bench]
+    assert not (texts[0] & texts[1]) and not (texts[0] & texts[2]) and not (texts[1] & texts[2])
+
+    def variants(path):
+        return {json.loads(line)["speaker"].split("+")[1].split("-s")[0] for line in open(path, encoding="utf-8")}
+
+    v_train, v_cal = variants(tts / "manifest.jsonl"), variants(tts / "calibration.jsonl")
+    assert not (v_train & v_cal) and not (v_train & set(TEST_VARIANTS)) and not (v_cal & set(TEST_VARIANTS))
+    real = root / "recipes" / "contrast"
+    contrast = {json.loads(line)["audio"] for line in open(real / "manifest.jsonl")}
+    calibration = {json.loads(line)["audio"] for line in open(root / "recipes" / "calibration" / "manifest.jsonl")}
+    assert len(contrast) == 96 and not (contrast & calibration)
