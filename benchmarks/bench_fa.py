@@ -101,28 +101,30 @@ def scored(rows, language):
     return s.wer, s.cer, sum(loops(r[0], r[1]) for r in rows)
 
 
-def probe_sets(args, dev, lang):
-    """(name, examples) for the ``probs`` section: dev, each --other manifest, the espeak clips."""
-    from lora_whisper.base.loading import cache_dir
+def other_examples(args, lang):
+    """Real clips of other languages from the --other manifests (rows in ``lang`` skipped), as (source, examples)."""
     from lora_whisper.train.data import load_manifest, validate
-    from lora_whisper.train.synth import TEST_VARIANTS, synthesize, voices_for
 
-    out = [(f"{args.split} ({lang})", dev)]
-    for src in (args.other or "").split(",") if args.other else []:
+    out = []
+    for src in args.other.split(",") if args.other else []:
         path = ROOT / src if not Path(src).is_absolute() else Path(src)
-        has_split = '"split"' in path.read_text(encoding="utf-8").split("\n", 1)[0]
+        has_split = '"split"' in path.read_text(encoding="utf-8").split("\n", 1)[0]  # manifests without splits: all
         split = {"split": args.other_split, "split_column": "split"} if args.other_split and has_split else {}
         loaded = load_manifest(path, **split)
         rows = [e for e in loaded.examples if e.language and e.language != lang][: args.other_max or None]
         out.append((path.parent.name, validate(type(loaded)(rows)).examples))
+    return out
+
+
+def espeak_examples():
+    """The synthetic probe: ``ESPEAK_SENTENCES`` in the 4 test voices, as (language, examples)."""
+    from lora_whisper.base.loading import cache_dir
+    from lora_whisper.train.synth import TEST_VARIANTS, synthesize, voices_for
+
+    out = []
     for code, texts in ESPEAK_SENTENCES.items():
         voices = voices_for(code, TEST_VARIANTS, (140, 180), (35, 65), 4, 0)
-        out.append(
-            (
-                f"espeak {code}",
-                synthesize(texts, code, voices, cache_dir() / "tts" / code, seed=0, prefix=f"bench-{code}"),
-            )
-        )
+        out.append((code, synthesize(texts, code, voices, cache_dir() / "tts" / code, seed=0, prefix=f"bench-{code}")))
     return out
 
 
@@ -205,14 +207,7 @@ def main() -> None:
             print(f"{name:<34}{right:>6}/{len(rows):<3}{to:>7}/{len(rows):<3}{w:>8.3f}{c:>8.3f}{lp:>7}")
 
     if "other" in sections and args.other:
-        others = []
-        for src in args.other.split(","):
-            path = ROOT / src if not Path(src).is_absolute() else Path(src)
-            has_split = '"split"' in path.read_text(encoding="utf-8").split("\n", 1)[0]  # manifests without splits: all
-            split = {"split": args.other_split, "split_column": "split"} if args.other_split and has_split else {}
-            loaded = load_manifest(path, **split)
-            rows = [e for e in loaded.examples if e.language and e.language != lang][: args.other_max or None]
-            others += validate(type(loaded)(rows)).examples
+        others = [e for _, ex in other_examples(args, lang) for e in ex]
         print(f"\n## real speech of other languages, no language, --adapter auto ({len(others)} clips)")
         langs = sorted({e.language for e in others})
         print(
@@ -229,16 +224,11 @@ def main() -> None:
         dump["other/base"], dump["other/routed"] = b_rows, r_rows
 
     if "espeak" in sections:
-        from lora_whisper.base.loading import cache_dir
-        from lora_whisper.train.synth import TEST_VARIANTS, synthesize, voices_for
-
         print("\n## synthetic speech (espeak-ng) of nearby languages, no language, --adapter auto")
         print(
             f"{'language':<10}{'n':>4}{'base alone: right':>19}{'with ' + rec.ref + ': right':>28}{'to ' + rec.name:>24}"
         )
-        for code, texts in ESPEAK_SENTENCES.items():
-            voices = voices_for(code, TEST_VARIANTS, (140, 180), (35, 65), 4, 0)
-            ex = synthesize(texts, code, voices, cache_dir() / "tts" / code, seed=0, prefix=f"bench-{code}")
+        for code, ex in espeak_examples():
             b_rows, _ = run(base_engine, ex, "auto", None)
             r_rows, _ = run(routed_engine, ex, "auto", None)
             print(
@@ -249,7 +239,8 @@ def main() -> None:
     if "probs" in sections:
         print(f"\n## routing probabilities ({rec.ref}: {(rec.calibration or {}).get('score', 'geometric')} score)")
         print(f"{'set':<22}{'n':>4}{'own >= 0.5':>12}{'median own':>12}{'max claim score':>17}{'pass':>6}")
-        for name, ex in probe_sets(args, dev, lang):
+        sets = [(f"{args.split} ({lang})", dev), *other_examples(args, lang)]
+        for name, ex in sets + [(f"espeak {code}", ex) for code, ex in espeak_examples()]:
             print_probs(name, ex, routed_engine, rec, lang)
 
     if "long" in sections and args.long > 0:
