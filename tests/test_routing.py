@@ -176,8 +176,9 @@ def test_calibrate_puts_the_threshold_above_every_other_language():
     pos = [({"fa": 0.4, "ar": 0.5}, 0.99), ({"fa": 0.02, "ur": 0.9}, 0.9), ({"fa": 0.2, "ar": 0.7}, 0.3)]
     neg = [({"ar": 0.95, "fa": 0.03}, 0.97), ({"en": 0.99, "fa": 0.001}, 0.8), ({"ar": 0.9, "fa": 0.08}, 0.2)]
     cal = calibrate(pos, neg, "fa", margin=1.1)
-    assert cal["threshold"] == round(claim_score(0.03, 0.97) * 1.1, 4)  # the third negative is no claim (own < 0.5)
-    assert cal["other"] == {"n": 3, "accepted": 0, "max_score": round(claim_score(0.03, 0.97), 4)}
+    worst = claim_score(0.03, 0.97, "odds")  # the third negative is no claim (own < 0.5)
+    assert cal["score"] == "odds" and cal["threshold"] == round(worst * 1.1, 4)
+    assert cal["other"] == {"n": 3, "accepted": 0, "max_score": round(worst, 4)}
     assert cal["own"] == {"n": 3, "accepted": 1}  # the second is under the threshold, the third makes no claim
     assert calibrate(pos, [], "fa") is None  # nothing to calibrate against: no threshold
 
@@ -222,7 +223,7 @@ def test_calibrate_scores_by_the_adapters_own_probability_when_it_refuses_other_
 
     pos = [({"ja": 0.6, "fr": 0.003}, 0.999), ({"th": 0.5, "fr": 0.02}, 0.998), ({"fr": 0.3, "ja": 0.4}, 0.4)]
     neg = [({"en": 0.7, "fr": 0.018}, 0.79), ({"de": 0.99, "fr": 0.001}, 0.15), ({"en": 0.99, "fr": 0.05}, 0.01)]
-    assert calibrate(pos, neg, "fr", margin=1.1)["score"] == "geometric"  # a real-speech adapter: the base informs
+    assert calibrate(pos, neg, "fr", margin=1.1)["score"] == "odds"  # a real-speech adapter: the base informs
     cal = calibrate(pos, neg, "fr", margin=1.1, synthetic=True)
     assert cal["score"] == "own" and cal["threshold"] == round(1 / (1 + (1 - 0.79) / (10 * 0.79)), 4)  # 10x odds
     assert cal["own"] == {"n": 3, "accepted": 2} and cal["other"]["accepted"] == 0
@@ -251,3 +252,56 @@ def test_a_contrast_trained_synthetic_adapter_routes_its_clips_and_no_real_speec
         assert [c["id"] for c in check if _decide(c, [rec], "medical") == rec.ref] == []
         routed = sum(_decide(c, [rec], "medical") == rec.ref for c in synth)
         assert routed >= 54, routed
+
+
+# ---- a real-speech adapter: the odds score -------------------------------------------------------------------------
+PROBS_FA = Path(__file__).parent / "data" / "routing_probs_fa.json"
+"""fa-commonvoice@1 (the Persian recipe, with contrast clips) measured on its validation speaker, the recipe's
+calibration negatives, Persian dev (other speakers), 100 real English dev clips and synthetic ar/ur/tr probe clips."""
+
+
+def test_the_odds_score_tells_a_sure_adapter_from_a_half_sure_one():
+    """A Persian clip the base barely recognises, with the adapter sure (odds 10^4), passes where a synthetic Urdu
+    clip the adapter half-confuses (0.94) and the base gives as much fa does not; a real English clip the adapter is
+    sure of is vetoed by the base. The geometric score of probabilities cannot separate the first two."""
+    from lora_whisper.transcribe.routing import calibrate, claim_score
+
+    persian, urdu, english = ({"fa": 0.02, "ar": 0.5}, 0.9999), ({"fa": 0.026, "ur": 0.8}, 0.94), ({"fa": 1e-4}, 0.999)
+    cal = calibrate([persian], [urdu, ({"fa": 0.001, "en": 0.99}, 0.3)], "fa", margin=1.1)
+    assert cal["score"] == "odds" and cal["other"]["accepted"] == 0 and cal["own"]["accepted"] == 1
+    assert cal["threshold"] == round(1.1 * claim_score(0.026, 0.94, "odds"), 4)
+    fa = AdapterRecord("fa-cv", 1, "fa", B, metrics={"train_kind": "real"}, active=True, calibration=cal)
+    assert accept_claim(persian[0], fa, persian[1])
+    assert not accept_claim(urdu[0], fa, urdu[1])  # the same-script language it was calibrated against
+    assert not accept_claim({"ar": 0.95, "fa": 0.01}, fa, 0.97)  # Arabic the adapter leans to, the base does not
+    assert not accept_claim(english[0], fa, english[1])
+    # geometric: the Persian clip scores below the Urdu one, so no threshold takes it and refuses Urdu
+    assert claim_score(0.02, 0.9999) < claim_score(0.026, 0.94)
+    # a confident base never hides an odds adapter's language: it is always asked (the adapter may be sure)
+    assert should_consult({"de": 0.95, "fa": 0.003}, 0.8, [fa])
+
+
+@pytest.mark.skipif(not PROBS_FA.is_file(), reason="no measured probabilities")
+def test_the_persian_adapter_calibrated_by_odds_routes_its_speakers_and_no_other_language():
+    """Calibrated as training does (its validation speaker against the recipe's negatives): no probe clip of another
+    language passes (real English it never heard, synthetic Arabic/Urdu/Turkish in new voices and sentences), and
+    Persian speakers it never heard are routed to it at least 90% of the time, where the geometric score took half."""
+    from lora_whisper.transcribe.routing import calibrate, claim_score
+
+    recs, clips = _measured(PROBS_FA)
+    rec = recs[0]
+    by = lambda *kinds: [c for c in clips if c["kind"] in kinds]  # noqa: E731
+    row = lambda c: (c["base_probs"], c["own_prob"][rec.ref])  # noqa: E731
+    own, negatives = by("validation"), by("calibration", "calibration-synthetic")
+    geometric = calibrate([row(c) for c in own], [row(c) for c in negatives], "fa", synthetic=True)
+    rec.calibration = calibrate([row(c) for c in own], [row(c) for c in negatives], "fa")
+    assert rec.calibration["score"] == "odds" and geometric["score"] == "geometric"
+    probes = by("probe", "probe-synthetic")
+    assert len(probes) == 124 and not [c["id"] for c in probes if _decide(c, [rec]) == rec.ref]
+    dev = by("dev")
+    routed = sum(_decide(c, [rec]) == rec.ref for c in dev)
+    t = geometric["threshold"]
+    by_geometric = sum(
+        c["own_prob"][rec.ref] >= 0.5 and claim_score(c["base_probs"]["fa"], c["own_prob"][rec.ref]) >= t for c in dev
+    )
+    assert routed >= 0.9 * len(dev) and by_geometric < 0.6 * len(dev), (routed, by_geometric)

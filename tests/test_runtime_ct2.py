@@ -256,6 +256,27 @@ def test_consulted_detection_asks_the_compiled_adapters(engine, reg, wavs):
     assert r.adapter in (None, "fr@1", "de@1") and r.route
 
 
+def test_a_decoder_only_adapters_detection_reuses_the_bases_encoder_output(engine, wavs):
+    """The base's detection and a decoder-only adapter's share one encoder pass (their compiled encoders are the
+    same weights), and give what faster-whisper's own detect_language gives on each model; an encoder+decoder
+    adapter encodes with its own encoder."""
+    from lora_whisper.transcribe.audio import load_audio
+
+    rt = engine.runtime
+    audio = load_audio(wavs["good"])
+    calls = []
+    encode = rt.model.encode
+    rt.model.encode = lambda f: calls.append(1) or encode(f)
+    base, de = rt.detect(audio, None), rt.detect(audio, None, "de@1")
+    assert len(calls) == 1  # the adapter's detection reused the base's encoder output
+    rt.detect(audio, None, "fr@1")  # encoder+decoder: its own encoder
+    assert len(calls) == 1
+    for probs, model in ((base, rt.model), (de, rt.model_for("de@1"))):
+        _, _, want = model.detect_language(audio=audio[: 30 * 16000])
+        want = {k: v for k, v in want if k in rt.languages}
+        assert probs == pytest.approx({k: v / sum(want.values()) for k, v in want.items()}, abs=1e-6)
+
+
 def test_torch_runtime_speaks_the_same_interface(tiny_base, wavs):
     from lora_whisper.transcribe.audio import load_audio
     from lora_whisper.transcribe.runtime import TorchRuntime

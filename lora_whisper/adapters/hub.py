@@ -77,6 +77,8 @@ def _score_text(cal: dict, language: str) -> str:
     # routing.SCORES in words; adapters/ does not import transcribe/ (imports go one way)
     if cal.get("score") == "own":
         return f"adapter p({language})"
+    if cal.get("score") == "odds":
+        return f"sqrt(base odds({language}) x adapter odds({language})), odds = p / (1 - p)"
     return f"sqrt(base p({language}) x adapter p({language}))"
 
 

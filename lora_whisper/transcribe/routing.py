@@ -113,6 +113,7 @@ def trained_on_synthetic(record: AdapterRecord) -> bool:
 SCORES = {
     "geometric": "sqrt(base p(lang) x adapter p(lang))",
     "own": "adapter p(lang)",
+    "odds": "sqrt(base odds(lang) x adapter odds(lang))",
 }
 """The claim scores a calibration can choose (``calibrate``), as the record's ``calibration.rule`` writes them."""
 
@@ -125,6 +126,15 @@ clips. Probabilities near 1 saturate, so the margin is on the odds, an order of 
 OWN_MAX_THRESHOLD = 0.99
 """Above this, the adapter does not refuse other languages by itself (its own probability is near 1 on some of them):
 the geometric score is used."""
+
+
+MAX_PROB = 1.0 - 1e-6
+"""Probabilities are clipped to this before taking odds: a float32 softmax rounds anything surer to 1 (odds 1e6)."""
+
+
+def _odds(p: float) -> float:
+    p = min(max(p, 0.0), MAX_PROB)
+    return p / (1.0 - p)
 
 
 def _odds_above(p: float, factor: float) -> float:
@@ -145,9 +155,19 @@ def claim_score(base_prob: float, own_prob: float, kind: str = "geometric") -> f
     ``own``: the adapter's own probability alone, for an adapter that refuses other languages' audio by itself
     (trained with contrast clips): on a synthetic voice the base's probability of the language is near noise
     (0.002-0.04 for synthetic French), and multiplying by it only loses clips.
+
+    ``odds``: the geometric mean of the base's odds and the adapter's odds of the language (p / (1 - p); in log
+    terms the two detectors' log-odds added, as naive Bayes combines two pieces of evidence), for a real-speech
+    adapter trained with contrast clips. Its own probability then carries information past 0.99: the Persian adapter
+    gives its validation clips odds of 10^1.6-10^5.7 and the synthetic Urdu clip it half-confuses 10^1.2, a
+    difference the geometric score flattens (0.9999 against 0.94), so that only the base's hesitant probability
+    decided; the base's odds still veto real speech of another language the adapter is sure of (a real English clip
+    at own 0.999, base p(fa) 0.0001).
     """
     if kind == "own":
         return max(own_prob, 0.0)
+    if kind == "odds":
+        return math.sqrt(_odds(base_prob) * _odds(own_prob))
     if kind != "geometric":
         raise ValueError(f"unknown claim score {kind!r}; expected one of {list(SCORES)}")
     return math.sqrt(max(base_prob, 0.0) * max(own_prob, 0.0))
@@ -167,11 +187,12 @@ def calibrate(
     For an adapter trained on synthetic speech (``synthetic``), the score is its own probability (``own``) when it
     refuses every other-language clip by itself with room to spare (it was trained to say other languages on their
     audio, ``data.contrast``): the threshold is then ``OWN_ODDS_MARGIN`` times the highest negative's odds, and must stay at or below
-    ``OWN_MAX_THRESHOLD``. Otherwise the score is the geometric mean with the base's probability (``geometric``),
-    ``margin`` times the highest negative score. The choice looks at the negatives only, never at the adapter's own
-    clips. A real-speech adapter keeps the geometric score: there the base's probability is informed, and the Persian
-    adapter trained with English contrast clips, scored by its own probability, took 1 of 100 real English clips it
-    had never heard (geometric: 0).
+    ``OWN_MAX_THRESHOLD``; otherwise the geometric mean with the base's probability (``geometric``). A real-speech
+    adapter is scored by the geometric mean of the base's and its own odds (``odds``): there the base's probability is
+    informed, and its own probability alone took 1 of 100 real English clips it had never heard (the Persian adapter
+    trained with English contrast clips), while the geometric score of probabilities cannot tell 0.9999 from 0.94
+    (docs/training.md, "Routing without a language"). For ``geometric`` and ``odds`` the threshold is ``margin``
+    times the highest negative score. The choice looks at the negatives only, never at the adapter's own clips.
 
     Args:
         positives: (base probabilities, adapter's own-language probability) on clips of the adapter's language it
@@ -193,10 +214,18 @@ def calibrate(
 
     worst_own = max((own for _, own in negatives), default=0.0)
     own_threshold = max(_odds_above(worst_own, OWN_ODDS_MARGIN), min_own_prob)
-    kind = "own" if synthetic and own_threshold <= OWN_MAX_THRESHOLD else "geometric"
+    if not synthetic:
+        kind = "odds"
+    else:
+        kind = "own" if own_threshold <= OWN_MAX_THRESHOLD else "geometric"
     neg = scores(negatives, kind)
     worst = max(neg, default=0.0)
-    threshold = own_threshold if kind == "own" else min(1.0, max(worst * margin, 1e-4))
+    if kind == "own":
+        threshold = own_threshold
+    elif kind == "odds":  # odds are not bounded by 1
+        threshold = max(worst * margin, 1e-4)
+    else:
+        threshold = min(1.0, max(worst * margin, 1e-4))
     pos = scores(positives, kind)
     return {
         "threshold": round(threshold, 4),
@@ -230,10 +259,11 @@ def should_consult(
     for r in records or []:
         cal = r.calibration or {}
         t = cal.get("threshold")
-        # a geometric claim could pass only where the base gives the language enough; an own-score adapter is asked
-        # where the base is unsure (above), as uncalibrated ones are
-        if t is not None and r.routable and cal.get("score", "geometric") == "geometric":
-            if claim_score(base_probs.get(r.language, 0.0), 1.0) >= t:
+        # a geometric or odds claim could pass only where the base gives the language enough (the adapter at its
+        # surest); an own-score adapter is asked where the base is unsure (above), as uncalibrated ones are
+        kind = cal.get("score", "geometric")
+        if t is not None and r.routable and kind in ("geometric", "odds"):
+            if claim_score(base_probs.get(r.language, 0.0), MAX_PROB, kind) >= t:
                 return True
     return False
 

@@ -11,6 +11,7 @@ Nothing here imports torch or transformers; only compiling an adapter does (once
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -31,6 +32,9 @@ from .segments import WINDOW_SECONDS, Word
 logger = logging.getLogger("lora_whisper")
 
 SAMPLE_RATE = 16000
+ENCODINGS_KEPT = 16
+"""Base encoder outputs kept for detection (about 3 MB each for whisper-base): a batch's files are detected on the
+base, then the unsure ones consulted with decoder-only adapters, which reuse them."""
 
 
 @dataclass
@@ -159,6 +163,7 @@ class CT2Runtime(ResolvesAdapters):
         self.models: OrderedDict[str, tuple[object, Compiled]] = OrderedDict()
         self.extra: dict[str, AdapterRecord] = {}
         self._failed: dict[str, str] = {}
+        self._encodings: OrderedDict[tuple, object] = OrderedDict()
         self.stats = {"loads": 0, "evictions": 0, "compiles": 0, "load_ms": []}
 
     @property
@@ -260,13 +265,37 @@ class CT2Runtime(ResolvesAdapters):
             return {}
         model = self.model_for(adapter)
         head = np.ascontiguousarray(audio[: int(WINDOW_SECONDS * SAMPLE_RATE)], dtype=np.float32)
-        _lang, _p, all_probs = model.detect_language(audio=head)
+        if adapter is None or self.record(adapter).decoder_only:
+            # faster-whisper's detect_language (features, encode, one decoder step) split in two, so that the base's
+            # encoder output serves the base and every decoder-only adapter: their compiled encoder is the base's
+            results = model.model.detect_language(self._encoded(head))[0]
+            all_probs = [(token[2:-2], prob) for token, prob in results]
+        else:
+            _lang, _p, all_probs = model.detect_language(audio=head)
         probs = {k: float(v) for k, v in all_probs if k in self.languages}
         keep = {k: v for k, v in probs.items() if k in candidates} if candidates else {}
         probs = keep or probs
         # normalised over the languages kept: the softmax over their logits, as the torch runtime computes it
         total = sum(probs.values()) or 1.0
         return dict(sorted(((k, v / total) for k, v in probs.items()), key=lambda kv: -kv[1]))
+
+    def _encoded(self, head: np.ndarray):
+        """The base's encoder output for ``head`` (at most 30 s), kept for the last few heads: the base's detection
+        and the consulted adapters' detections of the same audio share one encoder pass."""
+        from faster_whisper.audio import pad_or_trim
+
+        key = (head.shape[0], hashlib.blake2b(head.tobytes(), digest_size=16).digest())
+        with self._lock:
+            if key in self._encodings:
+                self._encodings.move_to_end(key)
+                return self._encodings[key]
+        fe = self.model.feature_extractor
+        enc = self.model.encode(pad_or_trim(fe(head)[..., : fe.nb_max_frames]))
+        with self._lock:
+            self._encodings[key] = enc
+            while len(self._encodings) > ENCODINGS_KEPT:
+                self._encodings.popitem(last=False)
+        return enc
 
     def decode(self, audio: np.ndarray, language: str | None, options, adapter: str | None = None) -> Iterator[dict]:
         """Raw segments of ``audio`` (times in seconds from its start), as faster-whisper decodes them (lazily)."""
