@@ -199,7 +199,7 @@ def test_card_model_index_has_base_and_adapter_figures_and_the_routing_threshold
         ("WER (base openai/whisper-base, no adapter)", 1.0),
         ("CER (base openai/whisper-base, no adapter)", 0.42),
     } <= got
-    assert ">= 0.2113" in card and "189 real clips" in card and "60 of\n64" in card.replace("60 of 64", "60 of\n64")
+    assert ">= 0.2113" in card and "189 clips" in card and "60 of\n64" in card.replace("60 of 64", "60 of\n64")
     assert "--keep-failed" not in card  # no decoding section without the field
     rec.decoding = {"drop_failed": True}
     assert "left out of the text" in model_card(rec, "user/fa-commonvoice")

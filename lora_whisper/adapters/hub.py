@@ -51,7 +51,7 @@ def _routing_section(record: AdapterRecord) -> str:
 When the language is not given, lora-whisper detects it with the base and asks this adapter where the base is
 unsure or gives `{record.language}` some weight; the adapter's claim is accepted when
 `{_score_text(cal, record.language)} >= {cal.get("threshold")}`. The threshold was measured at
-the end of training: just above ({cal.get("margin")}x) the highest score of {cal.get("other", {}).get("n")} real clips
+the end of training: just above ({cal.get("margin")}x) the highest score of {cal.get("other", {}).get("n")} clips
 of other languages ({", ".join(cal.get("languages") or [])}); it accepts {cal.get("own", {}).get("accepted")} of
 {cal.get("own", {}).get("n")} of its own validation clips and {cal.get("other", {}).get("accepted")} of the others.
 """
