@@ -151,7 +151,7 @@ def decide(clip: Clip, records, domains: list[str], gate: str) -> tuple[str, str
     if gate == "old":
         consult = max(clip.probs.values()) < 0.8
     else:
-        consult = should_consult(clip.probs, 0.8)
+        consult = should_consult(clip.probs, 0.8, cands)
     if not consult:
         return r.language, r.adapter
     best = None

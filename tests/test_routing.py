@@ -305,3 +305,16 @@ def test_the_persian_adapter_calibrated_by_odds_routes_its_speakers_and_no_other
         c["own_prob"][rec.ref] >= 0.5 and claim_score(c["base_probs"]["fa"], c["own_prob"][rec.ref]) >= t for c in dev
     )
     assert routed >= 0.9 * len(dev) and by_geometric < 0.6 * len(dev), (routed, by_geometric)
+
+
+def test_odds_edges_and_an_unknown_score_kind():
+    """Probabilities at 0 or 1 give finite odds scores; a record whose score this version does not know refuses its
+    claims instead of failing the run."""
+    from lora_whisper.transcribe.routing import claim_score
+
+    assert claim_score(1.0, 1.0, "odds") == pytest.approx(1e6, rel=1e-3)  # both clipped at MAX_PROB
+    assert claim_score(0.0, 1.0, "odds") == 0.0 and claim_score(0.3, 0.0, "odds") == 0.0
+    future = AdapterRecord("fa-cv", 1, "fa", B, active=True, calibration={"threshold": 0.1, "score": "learned"})
+    assert not accept_claim({"fa": 0.9}, future, 0.99)
+    with pytest.raises(ValueError, match="unknown claim score"):
+        claim_score(0.5, 0.5, "learned")

@@ -372,9 +372,7 @@ def test_persian_recipe_on_real_clips_learns_and_calibrates(tiny_model_dir, tmp_
     assert lora_b and any(torch.count_nonzero(t) > 0 for t in lora_b)
     cal = rec.calibration
     assert cal["other"]["n"] == 10 and cal["other"]["accepted"] == 0  # every real clip of another language refused
-    assert (
-        cal["own"]["n"] == 2 and cal["threshold"] > 0 and cal["languages"] == ["de", "en", "es", "fr", "pt", "zh"]
-    )
+    assert cal["own"]["n"] == 2 and cal["threshold"] > 0 and cal["languages"] == ["de", "en", "es", "fr", "pt", "zh"]
     assert cal["score"] == "odds"  # a real-speech adapter: the base's and its own odds
     # the record round-trips through the registry file
     assert Registry(tmp_path / "adapters").get("fa-commonvoice@1").calibration == cal

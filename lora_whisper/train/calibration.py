@@ -1,5 +1,5 @@
 """Routing calibration at the end of training: how the base and the new adapter score the adapter's language on its
-validation clips and on real speech of other languages; ``routing.calibrate`` turns that into the threshold kept in
+validation clips and on speech of other languages; ``routing.calibrate`` turns that into the threshold kept in
 the adapter's registry record.
 
 The probabilities are the ones the engine's adapter-consulted detection computes, on the runtime ``transcribe`` uses
@@ -17,7 +17,7 @@ logger = logging.getLogger("lora_whisper")
 
 
 def load_negatives(sources: list[str], language: str, max_per_source: int) -> list[Example]:
-    """Real clips of other languages than ``language`` from manifests or audiofolders (rows without a language or
+    """Clips of other languages than ``language`` from manifests or audiofolders (rows without a language or
     in ``language`` are skipped; unreadable rows are reported and skipped)."""
     from .recipe import expand_path
 

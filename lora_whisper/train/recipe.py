@@ -108,7 +108,8 @@ class DataConfig:
     """decoder-only with ``speed_perturb``: resampled copies added per training clip (each costs one encoder pass
     and one more clip per epoch)."""
     contrast: list[str] = field(default_factory=list)
-    """Manifests (with a ``lang`` column) of real speech in *other* languages, mixed into training with the language
+    """Manifests (with a ``lang`` column) of speech in *other* languages (real, or synthetic where no recordings are at
+    hand: ``recipes/contrast-tts``), mixed into training with the language
     token as their only label: the adapter learns to say its language only on audio of it, so its own-language
     probability can route (``calibration``). Clips that are also calibration negatives are never trained on."""
     contrast_split: str | None = "train"
@@ -196,14 +197,15 @@ class EvalSettings:
 class CalibrationSettings:
     """How sure the adapter must be before it may take audio the base did not give its language (routing).
 
-    At the end of training the base and the adapter score every validation clip (its own language) and real clips of
-    *other* languages; ``routing.calibrate`` puts the routing threshold just above the highest score of any
+    At the end of training the base and the adapter score every validation clip (its own language) and clips of
+    *other* languages (real, and synthetic where no recordings are at hand); ``routing.calibrate`` puts the routing threshold just above the highest score of any
     other-language clip, and it is stored in the registry record. No negatives: no threshold, and the adapter is
     only routed to when the base itself detects its language (synthetic-voice adapters keep the fixed gate)."""
 
     negatives: list[str] = field(default_factory=list)
-    """Manifests (JSONL/CSV with audio, text and a ``lang`` column) or audiofolders of real speech in other
-    languages; rows of the adapter's own language are skipped."""
+    """Manifests (JSONL/CSV with audio, text and a ``lang`` column) or audiofolders of speech in other languages
+    (real; synthetic ones only stand in for languages without recordings); rows of the adapter's own language are
+    skipped."""
     max_per_source: int = 300
     """At most this many clips from each source."""
     margin: float = 1.1

@@ -1,6 +1,7 @@
 """The CTranslate2 runtime: the base and compiled adapters decoded by faster-whisper's own ``WhisperModel``.
 
-Language detection runs on the base model (``WhisperModel.detect_language``); an adapter is compiled on first use
+Language detection runs on the base model (``WhisperModel.detect_language``, split so that decoder-only adapters
+reuse the base's encoder output when consulted); an adapter is compiled on first use
 (``compile.compile_adapter``: merged in float32, converted by CTranslate2's converter, cached in the registry) and
 kept resident in a small LRU of CTranslate2 models; decoding is ``WhisperModel.transcribe`` (sequential long-form,
 VAD, word timestamps, temperature fallback, initial prompt) or faster-whisper's ``BatchedInferencePipeline`` for the
@@ -33,8 +34,8 @@ logger = logging.getLogger("lora_whisper")
 
 SAMPLE_RATE = 16000
 ENCODINGS_KEPT = 16
-"""Base encoder outputs kept for detection (about 3 MB each for whisper-base): a batch's files are detected on the
-base, then the unsure ones consulted with decoder-only adapters, which reuse them."""
+"""Base encoder outputs kept for detection (1500 frames x d_model floats: 3 MB each for whisper-base, 7.7 MB for
+large): a batch's files are detected on the base, then consulted with decoder-only adapters, which reuse them."""
 
 
 @dataclass
@@ -263,9 +264,10 @@ class CT2Runtime(ResolvesAdapters):
         compiled model; restricted to ``candidates`` (renormalised: the softmax over their logits) when given."""
         if not self.languages:
             return {}
-        model = self.model_for(adapter)
+        record = self.record(adapter) if adapter else None
+        model = self.load(record) if record is not None else self.model
         head = np.ascontiguousarray(audio[: int(WINDOW_SECONDS * SAMPLE_RATE)], dtype=np.float32)
-        if adapter is None or self.record(adapter).decoder_only:
+        if record is None or record.decoder_only:
             # faster-whisper's detect_language (features, encode, one decoder step) split in two, so that the base's
             # encoder output serves the base and every decoder-only adapter: their compiled encoder is the base's
             results = model.model.detect_language(self._encoded(head))[0]
