@@ -109,9 +109,9 @@ class DataConfig:
     and one more clip per epoch)."""
     contrast: list[str] = field(default_factory=list)
     """Manifests (with a ``lang`` column) of speech in *other* languages (real, or synthetic where no recordings are at
-    hand: ``recipes/contrast-tts``), mixed into training with the language
-    token as their only label: the adapter learns to say its language only on audio of it, so its own-language
-    probability can route (``calibration``). Clips that are also calibration negatives are never trained on."""
+    hand: ``recipes/contrast-tts``), mixed into training with the language token as their only label: the adapter
+    learns to say its language only on audio of it, so its own-language probability can route (``calibration``).
+    Clips that are also calibration negatives are never trained on."""
     contrast_split: str | None = "train"
     """Rows of this ``split`` column value only (None: every row): keep other languages' dev sets held out."""
     contrast_max: int = 400
@@ -198,9 +198,10 @@ class CalibrationSettings:
     """How sure the adapter must be before it may take audio the base did not give its language (routing).
 
     At the end of training the base and the adapter score every validation clip (its own language) and clips of
-    *other* languages (real, and synthetic where no recordings are at hand); ``routing.calibrate`` puts the routing threshold just above the highest score of any
-    other-language clip, and it is stored in the registry record. No negatives: no threshold, and the adapter is
-    only routed to when the base itself detects its language (synthetic-voice adapters keep the fixed gate)."""
+    *other* languages (real, and synthetic where no recordings are at hand); ``routing.calibrate`` puts the routing
+    threshold just above the highest score of any other-language clip, and it is stored in the registry record. No
+    negatives: no threshold, and the adapter is only routed to when the base itself detects its language
+    (synthetic-voice adapters keep the fixed gate)."""
 
     negatives: list[str] = field(default_factory=list)
     """Manifests (JSONL/CSV with audio, text and a ``lang`` column) or audiofolders of speech in other languages

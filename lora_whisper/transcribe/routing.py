@@ -163,8 +163,8 @@ def claim_score(base_prob: float, own_prob: float, kind: str = "geometric") -> f
     ``odds``: the geometric mean of the base's odds and the adapter's odds of the language (p / (1 - p); in log
     terms the two detectors' log-odds added, as naive Bayes combines two pieces of evidence), for a real-speech
     adapter trained with contrast clips. Its own probability then carries information past 0.99: the Persian adapter
-    gives its validation clips odds of 10^1.6-10^5.7 and the synthetic Urdu clip it half-confuses 10^1.2, a
-    difference the geometric score flattens (0.9999 against 0.94), so that only the base's hesitant probability
+    gives its validation clips odds of 10^1.5-10^5.9 and the synthetic Urdu clip it half-confuses 10^1.0, a
+    difference the geometric score flattens (0.9999 against 0.91), so that only the base's hesitant probability
     decided; the base's odds still veto real speech of another language the adapter is sure of (a real English clip
     at own 0.999, base p(fa) 0.0001).
     """

@@ -33,9 +33,6 @@ from .segments import WINDOW_SECONDS, Word
 logger = logging.getLogger("lora_whisper")
 
 SAMPLE_RATE = 16000
-ENCODINGS_KEPT = 16
-"""Base encoder outputs kept for detection (1500 frames x d_model floats: 3 MB each for whisper-base, 7.7 MB for
-large): a batch's files are detected on the base, then consulted with decoder-only adapters, which reuse them."""
 
 
 @dataclass
@@ -282,8 +279,8 @@ class CT2Runtime(ResolvesAdapters):
         return dict(sorted(((k, v / total) for k, v in probs.items()), key=lambda kv: -kv[1]))
 
     def _encoded(self, head: np.ndarray):
-        """The base's encoder output for ``head`` (at most 30 s), kept for the last few heads: the base's detection
-        and the consulted adapters' detections of the same audio share one encoder pass."""
+        """The base's encoder output for ``head`` (at most 30 s), kept for the last heads (one per worker): the base's
+        detection and the consulted adapters' detections of the same audio share one encoder pass."""
         from faster_whisper.audio import pad_or_trim
 
         key = (head.shape[0], hashlib.blake2b(head.tobytes(), digest_size=16).digest())
@@ -295,7 +292,9 @@ class CT2Runtime(ResolvesAdapters):
         enc = self.model.encode(pad_or_trim(fe(head)[..., : fe.nb_max_frames]))
         with self._lock:
             self._encodings[key] = enc
-            while len(self._encodings) > ENCODINGS_KEPT:
+            # a file is detected on the base and consulted right after (calibration does the same per clip), one
+            # file per worker at a time: keep one encoder output (3 MB for whisper-base) per worker, one spare
+            while len(self._encodings) > self.workers + 1:
                 self._encodings.popitem(last=False)
         return enc
 
