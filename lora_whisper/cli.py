@@ -211,7 +211,12 @@ def _decoding_options(f):
     """The decoding options shared by transcribe, eval, serve-like commands (openai-whisper / faster-whisper names)."""
     opts = [
         click.option("--task", type=click.Choice(["transcribe", "translate"]), default="transcribe", show_default=True),
-        click.option("--beam-size", default=1, show_default=True, help="1 = greedy."),
+        click.option(
+            "--beam-size",
+            type=int,
+            default=None,
+            help="1 = greedy. Default: as the routed adapter's record says (its recipe's eval.beam_size), else 1.",
+        ),
         click.option(
             "--temperature",
             default="0,0.2,0.4,0.6,0.8,1.0",

@@ -45,6 +45,7 @@ def test_all_problems_reported_at_once():
                 "train.batch_size=0",
                 "lora.target_modules=[q_proj,wrong]",
                 "output.name=../up",
+                "eval.beam_size=0",
             ],
         )
     msg = str(e.value)
@@ -56,9 +57,10 @@ def test_all_problems_reported_at_once():
         "train.batch_size",
         "lora.target_modules",
         "output.name",
+        "eval.beam_size: must be an integer from 1 to 16",
     ):
         assert needle in msg, needle
-    assert len(e.value.problems) == 7
+    assert len(e.value.problems) == 8
 
 
 def test_unknown_field_is_named():

@@ -203,3 +203,7 @@ def test_card_model_index_has_base_and_adapter_figures_and_the_routing_threshold
     assert "--keep-failed" not in card  # no decoding section without the field
     rec.decoding = {"drop_failed": True}
     assert "left out of the text" in model_card(rec, "user/fa-commonvoice")
+    assert "beam search" not in model_card(rec, "user/fa-commonvoice")
+    rec.decoding = {"drop_failed": True, "beam_size": 5}
+    card = model_card(rec, "user/fa-commonvoice")
+    assert "beam search of width 5" in card and "left out of the text" in card

@@ -355,3 +355,29 @@ def test_adapter_filed_with_drop_failed_leaves_out_windows_that_failed_every_tem
         [wavs["good"]], TranscribeOptions(language="de", adapter="none", drop_failed=True, **OPTS)
     )
     assert none.text == ""
+
+
+def test_adapter_filed_with_a_beam_size_is_decoded_with_it_unless_the_run_says_otherwise(
+    tiny_model_dir, tmp_path, tiny_adapter_factory, wavs
+):
+    r = Registry(tmp_path / "adapters")
+    folder = tiny_adapter_factory("decoder", 3)
+    fp = tiny_adapter_factory.fingerprint
+    file_adapter(r, folder, "de", "de", fingerprint=fp, scope="decoder")
+    file_adapter(r, folder, "deb", "de", fingerprint=fp, scope="decoder", decoding={"beam_size": 4})
+    assert r.get("deb").decoding == {"beam_size": 4}  # the registry field round-trips
+    engine = build_engine(str(tiny_model_dir), "auto", "cpu", r, runtime="ct2")
+    opts = dict(language="de", max_new_tokens=24, temperature=(0.0,))
+
+    def text(adapter, **kw):
+        (res,) = engine.transcribe([wavs["good"]], TranscribeOptions(adapter=adapter, **opts, **kw))
+        assert res.adapter == f"{adapter}@1"
+        return res.text, [round(s.avg_logprob, 4) for s in res.segments]  # same text, other log-prob: compare both
+
+    greedy, beam = text("de"), text("de", beam_size=4)
+    # the premise: on this random model, beam search finds a more probable output than greedy
+    assert beam[1][0] > greedy[1][0]
+    assert text("deb") == beam  # the record's beam size, without asking
+    assert text("deb", beam_size=1) == greedy  # the run's own option wins
+    assert engine.decoding_for(None, TranscribeOptions()).beam_size == 1  # the base: greedy
+    assert engine.decoding_for("deb", TranscribeOptions()).beam_size == 4

@@ -362,7 +362,7 @@ def test_persian_recipe_on_real_clips_learns_and_calibrates(tiny_model_dir, tmp_
     assert res.exit_code == 0, res.output
     rec = Registry(tmp_path / "adapters").get("fa-commonvoice")
     assert rec.metrics["contrast_clips"] == 12
-    assert rec.decoding == {"drop_failed": True}  # the recipe's eval.drop_failed, filed with the adapter
+    assert rec.decoding == {"drop_failed": True, "beam_size": 5}  # the recipe's eval section, filed with the adapter
     assert rec.recipe["data"]["speed_perturb"] == [0.9, 1.1] and rec.metrics["train_clips"] % 2 == 0  # + a copy each
     assert rec.language == "fa" and rec.lora["scope"] == "decoder" and rec.metrics["held_out"] == 4
     state = json.loads(sorted((tmp_path / "run").glob("checkpoint-*/trainer_state.json"))[-1].read_text())

@@ -62,15 +62,23 @@ of other languages ({", ".join(cal.get("languages") or [])}); it accepts {cal.ge
 
 def _decoding_section(record: AdapterRecord) -> str:
     """The card's note on decoding defaults the adapter carries (``decoding`` in lora_whisper.json)."""
-    if not (record.decoding or {}).get("drop_failed"):
+    filed = record.decoding or {}
+    notes = []
+    if filed.get("beam_size"):
+        notes.append(
+            f"Decoded with beam search of width {filed['beam_size']} (the base's figures: greedy, as `transcribe` "
+            "decodes a file no adapter takes); `lora-whisper transcribe --beam-size N` overrides it."
+        )
+    if filed.get("drop_failed"):
+        notes.append(
+            "A window that fails Whisper's fallback checks at every temperature (compression ratio above 2.4 or "
+            "average\nlog-probability below -1 even at temperature 1.0) is left out of the text, as a no-speech "
+            "window is, where Whisper\nkeeps its last try; the figures above were decoded so. `lora-whisper "
+            "transcribe --keep-failed` keeps them."
+        )
+    if not notes:
         return ""
-    return """
-## Decoding (lora-whisper)
-
-A window that fails Whisper's fallback checks at every temperature (compression ratio above 2.4 or average
-log-probability below -1 even at temperature 1.0) is left out of the text, as a no-speech window is, where Whisper
-keeps its last try; the figures above were decoded so. `lora-whisper transcribe --keep-failed` keeps them.
-"""
+    return "\n## Decoding (lora-whisper)\n\n" + "\n\n".join(notes) + "\n"
 
 
 def _score_text(cal: dict, language: str) -> str:

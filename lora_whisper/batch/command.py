@@ -89,7 +89,9 @@ def _csv(value: str | None) -> list[str] | None:
     "--route", "route_mode", type=click.Choice(["per-file", "per-segment"]), default="per-file", show_default=True
 )
 @click.option("--threshold", default=0.5, show_default=True, help="Minimum language probability to use an adapter.")
-@click.option("--beam-size", default=1, show_default=True)
+@click.option(
+    "--beam-size", type=int, default=None, help="1 = greedy. Default: as the routed adapter's record says, else 1."
+)
 @click.option("--merge", is_flag=True, help="Merge each adapter into the weights while it is used.")
 @click.option(
     "--combine",

@@ -191,6 +191,9 @@ class EvalSettings:
     drop_failed: bool = False
     """File the adapter with ``decoding.drop_failed``: ``transcribe`` (and the 'after' figure) then leaves out a
     window whose every fallback temperature failed, instead of keeping the last try (``--keep-failed`` overrides)."""
+    beam_size: int | None = None
+    """File the adapter with ``decoding.beam_size``: ``transcribe`` (and the 'after' figure) then decodes with beam
+    search of this width where the adapter is routed (``--beam-size`` overrides). None: greedy, as the base."""
 
 
 @dataclass
@@ -428,6 +431,9 @@ def _check_train(r: Recipe) -> list[str]:
             p.append(f"train.{k}: must be in [0, 1), got {v!r}")
     if t.max_steps == -1 and (not isinstance(t.epochs, (int, float)) or t.epochs <= 0):
         p.append(f"train.epochs: must be positive, got {t.epochs!r}")
+    b = r.eval.beam_size
+    if b is not None and (not isinstance(b, int) or isinstance(b, bool) or not 1 <= b <= 16):
+        p.append(f"eval.beam_size: must be an integer from 1 to 16 or null, got {b!r}")
     return p
 
 

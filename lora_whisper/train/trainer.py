@@ -777,9 +777,17 @@ def _new_record(
         data_fingerprint=data_fp,
         train_seconds=round(seconds, 1),
         source="train",
-        decoding={"drop_failed": True} if recipe.eval.drop_failed else None,
+        decoding=_filed_decoding(recipe.eval),
         path=adapter_dir,
     )
+
+
+def _filed_decoding(settings) -> dict | None:
+    """The record's ``decoding``: what the recipe's eval section says ``transcribe`` should decode this adapter with."""
+    out = {"drop_failed": True} if settings.drop_failed else {}
+    if settings.beam_size is not None:
+        out["beam_size"] = settings.beam_size
+    return out or None
 
 
 def _metrics(data: _Prepared, befores, afters, best, out, log_history: list[dict], timestamped: int) -> dict:

@@ -176,7 +176,7 @@ class Decoder:
             return_segments=True,
             condition_on_prev_tokens=options.condition_on_previous_text,
             temperature=temps if len(temps) > 1 else temps[0],
-            num_beams=options.beam_size,
+            num_beams=options.beam_size or 1,
             # the checks only matter when there is a hotter temperature to fall back to
             compression_ratio_threshold=(
                 options.compression_ratio_threshold * _TOKEN_RATIO_PER_TEXT_RATIO

@@ -14,7 +14,8 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import TypeVar
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,8 @@ from .pool import adapter_key
 from .routing import Route, RouteRequest, accept_claim, route, should_consult
 from .runtime import check_runtime_options
 from .segments import BLOCK_SECONDS, TASKS, WINDOW_SECONDS, DecodeOptions, Piece, Segment, Word, failed_window
+
+D = TypeVar("D", bound=DecodeOptions)
 
 logger = logging.getLogger("lora_whisper")
 
@@ -84,7 +87,7 @@ class TranscribeOptions(DecodeOptions):
         """Raise ValueError naming the first bad option and what is allowed."""
         if self.task not in TASKS:
             raise ValueError(f"task {self.task!r} is not one of {list(TASKS)}")
-        if self.beam_size < 1:
+        if self.beam_size is not None and self.beam_size < 1:
             raise ValueError(f"beam size {self.beam_size} must be 1 (greedy) or more")
         if not self.temperature or any(t < 0 for t in self.temperature):
             raise ValueError(f"temperature {self.temperature}: give one or more values >= 0, e.g. 0,0.2,0.4")
@@ -479,7 +482,7 @@ class Engine:
         dec = options.decode_options()
         out: dict[int, list[Segment]] = {}
         refs = list(dict.fromkeys(u.route.adapter for u in units))
-        drops = {ref: self.drops_failed(ref, dec) for ref in refs}  # one record lookup per adapter, not per unit
+        decs = {ref: self.decoding_for(ref, dec) for ref in refs}  # one record lookup per adapter, not per unit
         keys: dict = {}
         with contextlib.ExitStack() as pins:
             # each adapter is pinned as soon as it is resident, so loading the next cannot evict it
@@ -490,14 +493,17 @@ class Engine:
                 for batch in _groups(list(enumerate(units)), options.batch_size):
                     names = [keys[u.route.adapter] or "__base__" for _, u in batch]
                     f = torch.cat([u.features for _, u in batch])
+                    # one generate call for every adapter: the run's beam size (greedy if unset), not each record's
+                    mixed = replace(dec, beam_size=dec.beam_size or 1)
                     with self.pool.rows(names):
                         rows = self.decoder.generate(
-                            [u.route.language for _, u in batch], dec, features=f, fallback=False
+                            [u.route.language for _, u in batch], mixed, features=f, fallback=False
                         )
                     for (j, u), raw in zip(batch, rows):
-                        out[j] = self._segments(u, raw, False, dec, drops[u.route.adapter])
+                        out[j] = self._segments(u, raw, False, mixed, decs[u.route.adapter].drop_failed)
                 return out
             for ref in refs:
+                dec = decs[ref]
                 members = [(j, u) for j, u in enumerate(units) if u.route.adapter == ref]
                 key = keys[ref]
                 rec = self.pool.resident.get(key) if key else None
@@ -528,25 +534,32 @@ class Engine:
                                     langs, dec, features=f, encoded=enc, prompt=dec.initial_prompt, fallback=fallback
                                 )
                         for (j, u), raw in zip(batch, rows):
-                            out[j] = self._segments(u, raw, merge, dec, drops[ref])
+                            out[j] = self._segments(u, raw, merge, dec, dec.drop_failed)
         return out
 
-    def drops_failed(self, ref: str | None, options: DecodeOptions) -> bool:
-        """Whether windows that failed at every temperature are left out for adapter ``ref`` (None: the base):
-        the run's ``drop_failed`` when set, else the adapter record's ``decoding.drop_failed``."""
-        if options.drop_failed is not None:
-            return options.drop_failed
-        if ref is None:
-            return False
-        holder = self.pool if self.runtime.kind == "torch" else self.runtime
-        try:
-            return bool((holder.record(ref).decoding or {}).get("drop_failed", False))
-        except RegistryError:
-            return False
+    def decoding_for(self, ref: str | None, options: D) -> D:
+        """``options`` for adapter ``ref`` (None: the base): each field the run left unset (None) that the adapter's
+        record files (``decoding``: ``drop_failed``, ``beam_size``) takes the record's value, the rest the
+        project's defaults (keep failed windows, greedy), as a Hub model's ``generation_config.json`` sets its
+        decoding defaults and a caller's arguments override them."""
+        filed = {}
+        if ref is not None and (options.drop_failed is None or options.beam_size is None):
+            holder = self.pool if self.runtime.kind == "torch" else self.runtime
+            try:
+                filed = holder.record(ref).decoding or {}
+            except RegistryError:
+                filed = {}
+        beam = filed.get("beam_size")
+        beam = beam if isinstance(beam, int) and not isinstance(beam, bool) and 1 <= beam <= 16 else 1
+        return replace(
+            options,
+            drop_failed=bool(filed.get("drop_failed", False)) if options.drop_failed is None else options.drop_failed,
+            beam_size=beam if options.beam_size is None else options.beam_size,
+        )
 
     def _segments(self, u: _Unit, raw: list[dict], merged: bool, options: DecodeOptions, drop: bool) -> list[Segment]:
         """The unit's decoded windows as Segments in file time; ``drop``: leave out windows that failed every
-        temperature (``drops_failed``)."""
+        temperature (``decoding_for``)."""
         segs = []
         length = len(u.piece.audio) / SAMPLE_RATE
         for r in raw:
@@ -725,8 +738,8 @@ class Engine:
     def _decode_block(self, speech: Piece, first: _Unit, options, prompt, last_block: bool):
         """Sequential long-form decoding of one block with the file's route. Returns (segments, keep_until): the
         block's last window is dropped unless this is the last block, and decoded again with the next one."""
-        dec = options.decode_options()
         r = first.route
+        dec = self.decoding_for(r.adapter, options.decode_options())
         key = self.pool.ensure(r.adapter, options.combine, options.combine_weights)
         feats, mask = self.decoder.long_features(speech.audio)
         unit = _Unit(0, speech, route=r)
@@ -755,7 +768,7 @@ class Engine:
         # as Whisper: a window decoded hotter than 0.5 does not prompt the next one
         hot = bool(rows) and (rows[-1].get("temperature") or 0.0) > 0.5
         tokens = None if hot else [t for x in rows for t in x["tokens"]]
-        return self._segments(unit, rows, merged, dec, self.drops_failed(r.adapter, dec)), keep_until, tokens
+        return self._segments(unit, rows, merged, dec, dec.drop_failed), keep_until, tokens
 
     # ---- the ct2 runtime: one file at a time through faster-whisper's pipeline --------------------------------------
     def _ct2_audio(self, item, options: TranscribeOptions) -> np.ndarray:
@@ -827,9 +840,9 @@ class Engine:
         r = unit.route
         segs: list[Segment] = []
         length = len(audio) / SAMPLE_RATE
-        drop = self.drops_failed(r.adapter, options)
+        options = self.decoding_for(r.adapter, options)
         for raw in self.runtime.decode(audio, r.language, options, r.adapter):
-            if not raw["text"] or (drop and failed_window(raw, options)):
+            if not raw["text"] or (options.drop_failed and failed_window(raw, options)):
                 continue
             start = round(min(raw["start"], length), 3)
             end = round(max(start, min(raw["end"], length)), 3)

@@ -116,7 +116,7 @@ def fw_options(options, language: str | None) -> dict:
     return dict(
         language=language,
         task=o.task,
-        beam_size=o.beam_size,
+        beam_size=o.beam_size or 1,
         temperature=list(o.temperature),
         compression_ratio_threshold=o.compression_ratio_threshold,
         log_prob_threshold=o.logprob_threshold,

@@ -65,8 +65,9 @@ class DecodeOptions:
 
     task: str = "transcribe"
     """``transcribe`` or ``translate`` (to English)."""
-    beam_size: int = 1
-    """1 = greedy (at temperature 0)."""
+    beam_size: int | None = None
+    """1 = greedy (at temperature 0). None: as the routed adapter's record says (``decoding.beam_size``, from its
+    recipe's ``eval.beam_size``), else greedy."""
     temperature: tuple[float, ...] = TEMPERATURES
     """Temperatures tried in turn when a window fails the checks below (fallback)."""
     compression_ratio_threshold: float | None = 2.4
