@@ -162,6 +162,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--runtime", default="auto", help="auto (ct2 on CPU, as transcribe), torch or ct2")
     ap.add_argument("--no-forced-base", dest="forced_base", action="store_false", help="forced: adapter row only")
+    ap.add_argument(
+        "--no-routed-base", dest="routed_base", action="store_false", help="routed: the registry's row only"
+    )
     ap.add_argument("--json", default=None, help="write every row here")
     args = ap.parse_args()
 
@@ -198,7 +201,8 @@ def main() -> None:
     if "routed" in sections:
         print(f"\n## {args.split}, no language, --adapter auto ({len(dev)} clips)")
         print(f"{'':<34}{'LID right':>10}{'to adapter':>11}{'WER':>8}{'CER':>8}{'loops':>7}")
-        for name, engine in (("base alone (empty registry)", base_engine), (f"registry with {rec.ref}", routed_engine)):
+        engines = (("base alone (empty registry)", base_engine), (f"registry with {rec.ref}", routed_engine))
+        for name, engine in engines[0 if args.routed_base else 1 :]:
             rows, _ = run(engine, dev, "auto", None)
             w, c, lp = scored(rows, lang)
             right = sum(r[2] == lang for r in rows)
