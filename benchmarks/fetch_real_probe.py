@@ -45,7 +45,9 @@ def habibi(tmp: Path, out: Path) -> list[dict]:
             target = out / "ar" / f"habibi-{name}.wav"
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(z.read(f"habibi_tts/assets/{name}.wav"))
-            rows.append({"audio": str(target.relative_to(out)), "lang": "ar", "text": "-", "source": f"habibi-tts {name}"})
+            rows.append(
+                {"audio": str(target.relative_to(out)), "lang": "ar", "text": "-", "source": f"habibi-tts {name}"}
+            )
     return rows
 
 

@@ -15,8 +15,8 @@ import contextlib
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import TypeVar
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
