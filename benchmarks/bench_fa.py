@@ -148,7 +148,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--registry", default="adapters")
     ap.add_argument("--manifest", required=True, help="JSONL with audio, text, split (dev rows are used)")
-    ap.add_argument("--split", default="dev")
+    ap.add_argument("--split", default="dev", help="dev rows, or validation: the speaker the recipe held out")
     ap.add_argument(
         "--adapter", default=None, help="adapter name (default: the registry's active one for the language)"
     )
@@ -182,7 +182,17 @@ def main() -> None:
     )
     print(f"adapter {rec.ref}: calibration {json.dumps(rec.calibration)}")
     lang = args.language
-    dev = validate(load_manifest(args.manifest, split=args.split, split_column="split", language=lang)).examples
+    if args.split == "validation":  # the recipe's validation speaker: held out of the train split as training does
+        from lora_whisper.train.data import hold_out_speakers
+
+        train = load_manifest(
+            args.manifest, split="train", split_column="split", language=lang, speaker_column="speaker"
+        )
+        _, dev = hold_out_speakers(
+            validate(train).examples, rec.recipe["data"]["validation"], rec.recipe["train"]["seed"]
+        )
+    else:
+        dev = validate(load_manifest(args.manifest, split=args.split, split_column="split", language=lang)).examples
     dev = dev[: args.max or None]
     routed_engine = build_engine("offline", "auto", None, reg, runtime=args.runtime, threads=args.threads)
     base_engine = build_engine("offline", "auto", None, None, runtime=args.runtime, threads=args.threads)
