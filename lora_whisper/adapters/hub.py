@@ -72,8 +72,8 @@ def _decoding_section(record: AdapterRecord) -> str:
     if filed.get("drop_failed"):
         notes.append(
             "A window that fails Whisper's fallback checks at every temperature (compression ratio above 2.4 or "
-            "average\nlog-probability below -1 even at temperature 1.0) is left out of the text, as a no-speech "
-            "window is, where Whisper\nkeeps its last try; the figures above were decoded so. `lora-whisper "
+            "average log-probability below -1 even at temperature 1.0) is left out of the text, as a no-speech "
+            "window is, where Whisper keeps its last try; the figures above were decoded so. `lora-whisper "
             "transcribe --keep-failed` keeps them."
         )
     if not notes:

@@ -12,6 +12,7 @@ from pathlib import Path
 import yaml
 
 from ..adapters.lora import TARGET_MODULES
+from ..transcribe.segments import MAX_BEAM_SIZE, filed_beam_size
 
 RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"
 """The project's recipes/ folder (an editable install finds it beside the package)."""
@@ -432,8 +433,8 @@ def _check_train(r: Recipe) -> list[str]:
     if t.max_steps == -1 and (not isinstance(t.epochs, (int, float)) or t.epochs <= 0):
         p.append(f"train.epochs: must be positive, got {t.epochs!r}")
     b = r.eval.beam_size
-    if b is not None and (not isinstance(b, int) or isinstance(b, bool) or not 1 <= b <= 16):
-        p.append(f"eval.beam_size: must be an integer from 1 to 16 or null, got {b!r}")
+    if b is not None and filed_beam_size(b) is None:
+        p.append(f"eval.beam_size: must be an integer from 1 to {MAX_BEAM_SIZE} or null, got {b!r}")
     return p
 
 

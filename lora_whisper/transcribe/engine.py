@@ -25,7 +25,17 @@ from .audio import SAMPLE_RATE, AudioError, audio_info, expand_inputs, load_audi
 from .pool import adapter_key
 from .routing import Route, RouteRequest, accept_claim, route, should_consult
 from .runtime import check_runtime_options
-from .segments import BLOCK_SECONDS, TASKS, WINDOW_SECONDS, DecodeOptions, Piece, Segment, Word, failed_window
+from .segments import (
+    BLOCK_SECONDS,
+    TASKS,
+    WINDOW_SECONDS,
+    DecodeOptions,
+    Piece,
+    Segment,
+    Word,
+    failed_window,
+    filed_beam_size,
+)
 
 D = TypeVar("D", bound=DecodeOptions)
 
@@ -490,11 +500,11 @@ class Engine:
                 keys[ref] = self.pool.ensure(ref, options.combine, options.combine_weights)
                 pins.enter_context(self.pool.using([keys[ref]]))
             if options.batching == "mixed" and not options.merge and len(refs) > 1:
+                # one generate call for every adapter: the run's beam size (greedy if unset), not each record's
+                mixed = replace(dec, beam_size=dec.beam_size or 1)
                 for batch in _groups(list(enumerate(units)), options.batch_size):
                     names = [keys[u.route.adapter] or "__base__" for _, u in batch]
                     f = torch.cat([u.features for _, u in batch])
-                    # one generate call for every adapter: the run's beam size (greedy if unset), not each record's
-                    mixed = replace(dec, beam_size=dec.beam_size or 1)
                     with self.pool.rows(names):
                         rows = self.decoder.generate(
                             [u.route.language for _, u in batch], mixed, features=f, fallback=False
@@ -549,8 +559,7 @@ class Engine:
                 filed = holder.record(ref).decoding or {}
             except RegistryError:
                 filed = {}
-        beam = filed.get("beam_size")
-        beam = beam if isinstance(beam, int) and not isinstance(beam, bool) and 1 <= beam <= 16 else 1
+        beam = filed_beam_size(filed.get("beam_size")) or 1
         return replace(
             options,
             drop_failed=bool(filed.get("drop_failed", False)) if options.drop_failed is None else options.drop_failed,

@@ -59,6 +59,16 @@ class Segment:
         return d
 
 
+MAX_BEAM_SIZE = 16
+"""The widest beam an adapter's record may file (``decoding.beam_size``)."""
+
+
+def filed_beam_size(value) -> int | None:
+    """``value`` when it is a beam size a record or recipe may file (an integer from 1 to MAX_BEAM_SIZE), else None."""
+    ok = isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_BEAM_SIZE
+    return value if ok else None
+
+
 @dataclass
 class DecodeOptions:
     """How to decode (names as in openai-whisper / faster-whisper)."""
