@@ -11,23 +11,50 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from .data import Example, load_folder, load_manifest, validate
+from .data import Example, has_column, load_folder, load_manifest, validate
 
 logger = logging.getLogger("lora_whisper")
 
 
-def load_negatives(sources: list[str], language: str, max_per_source: int) -> list[Example]:
+def load_negatives(
+    sources: list[str],
+    language: str,
+    max_per_source: int,
+    split: str | list[str] | None = None,
+    languages: list[str] | None = None,
+    seed: int = 0,
+) -> list[Example]:
     """Clips of other languages than ``language`` from manifests or audiofolders (rows without a language or
-    in ``language`` are skipped; unreadable rows are reported and skipped)."""
+    in ``language`` are skipped; unreadable rows are reported and skipped).
+
+    Args:
+        max_per_source: at most this many rows of each source, drawn at random (seeded: resumes and the contrast
+            clips, which must not hold a negative, see the same draw).
+        split: rows of a manifest whose ``split`` column is this value (or one of these) only; audiofolders and
+            manifests without that column keep every row.
+        languages: rows of these languages only (None: any other language).
+    """
+    import random
+
     from .recipe import expand_path
 
     out: list[Example] = []
     for src in sources:
         path = Path(expand_path(src))
-        loaded = load_folder(path) if path.is_dir() else load_manifest(path)
-        rows = [e for e in loaded.examples if e.language and e.language != language][:max_per_source]
+        if path.is_dir():
+            loaded = load_folder(path)
+        else:
+            loaded = load_manifest(path, split=split, split_column="split" if split and has_column(path, "split") else None)
+        rows = [
+            e
+            for e in loaded.examples
+            if e.language and e.language != language and (languages is None or e.language in languages)
+        ]
+        if len(rows) > max_per_source:
+            rows = random.Random(f"{seed}:{src}").sample(rows, max_per_source)
         out += validate(type(loaded)(rows)).examples
     return out
+
 
 
 def measure(runtime, adapter: str, examples: list[Example], language: str, progress=None):

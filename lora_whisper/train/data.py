@@ -89,33 +89,35 @@ def load_manifest(
     text_column: str = "text",
     language_column: str = "lang",
     language: str | None = None,
-    split: str | None = None,
+    split: str | list[str] | None = None,
     split_column: str | None = None,
     speaker_column: str | None = None,
 ) -> Loaded:
     """Rows of a JSONL or CSV manifest; audio paths are relative to the manifest's folder.
 
     Args:
-        split, split_column: keep only rows whose ``split_column`` equals ``split`` (one manifest, several splits).
+        split, split_column: keep only rows whose ``split_column`` equals ``split``, or one of them when ``split`` is a
+            list (one manifest, several splits).
         speaker_column: column holding the speaker id (kept on each example).
     """
     path = Path(path)
     rows = _rows_from_manifest(path)
+    splits = [split] if isinstance(split, str) else [str(x) for x in split or []]
     if rows:
         keys = set().union(*(r.keys() for _, r in rows if "__error__" not in r))
         for col in (audio_column, text_column, split_column, speaker_column):
             if keys and col and col not in keys:
                 raise DataError(f"{path}: no column {col!r}; columns are {sorted(keys)}")
-        if split_column and split:
+        if split_column and splits:
             have = sorted({str(r.get(split_column)) for _, r in rows if "__error__" not in r})
-            if split not in have:
+            if not set(splits) & set(have):
                 raise DataError(f"{path}: no rows with {split_column}={split!r}; splits are {have}")
     out = Loaded()
     for rid, row in rows:
         if "__error__" in row:
             out.rejected.append(Rejected(rid, row["__error__"]))
             continue
-        if split_column and split and str(row.get(split_column)) != split:
+        if split_column and splits and str(row.get(split_column)) not in splits:
             continue
         audio = row.get(audio_column)
         if isinstance(audio, dict):  # {"path": ...} as in Hugging Face exports
@@ -134,6 +136,11 @@ def load_manifest(
             )
         )
     return out
+
+
+def has_column(path: str | Path, column: str) -> bool:
+    """Whether a manifest's rows have ``column`` (a manifest mixing sources may have a split column or not)."""
+    return any(column in r for _, r in _rows_from_manifest(Path(path)) if "__error__" not in r)
 
 
 def hold_out_speakers(examples: list[Example], n: int, seed: int = 0) -> tuple[list[Example], list[Example]]:

@@ -113,8 +113,12 @@ class DataConfig:
     hand: ``recipes/contrast-tts``), mixed into training with the language token as their only label: the adapter
     learns to say its language only on audio of it, so its own-language probability can route (``calibration``).
     Clips that are also calibration negatives are never trained on."""
-    contrast_split: str | None = "train"
-    """Rows of this ``split`` column value only (None: every row): keep other languages' dev sets held out."""
+    contrast_split: str | list[str] | None = "train"
+    """Rows of this ``split`` column value (or of these values) only (None: every row): keep other languages' dev sets
+    held out."""
+    contrast_languages: list[str] | None = None
+    """Only clips of these languages (None: every language but the adapter's): keep some languages out of training
+    and calibration, to measure routing on languages the adapter never saw."""
     contrast_max: int = 400
     """At most this many contrast clips (drawn at random, seeded), over all sources."""
 
@@ -212,7 +216,12 @@ class CalibrationSettings:
     (real; synthetic ones only stand in for languages without recordings); rows of the adapter's own language are
     skipped."""
     max_per_source: int = 300
-    """At most this many clips from each source."""
+    """At most this many clips from each source, drawn at random (seeded) so that every language of a source with
+    many is represented."""
+    split: str | list[str] | None = None
+    """Rows of this ``split`` column value (or of these values) only (None: every row): keep dev sets held out."""
+    languages: list[str] | None = None
+    """Only clips of these languages (None: every language but the adapter's)."""
     margin: float = 1.1
     """The threshold is the highest other-language score times this."""
 
@@ -378,6 +387,7 @@ def _check_data(r: Recipe) -> list[str]:
                 p.append(
                     f"data.contrast: environment variable {unset[0]} is not set; export it or pass --set data.contrast=[PATH]"
                 )
+    p += _check_filter("data.contrast_split", d.contrast_split, "data.contrast_languages", d.contrast_languages)
     if not isinstance(d.contrast_max, int) or d.contrast_max < 0:
         p.append(f"data.contrast_max: must be 0 or a positive integer, got {d.contrast_max!r}")
     if d.source == "hub" and not d.dataset:
@@ -448,6 +458,22 @@ def _check_calibration(r: Recipe) -> list[str]:
         p.append(f"calibration.max_per_source: must be a positive integer, got {c.max_per_source!r}")
     if not isinstance(c.margin, (int, float)) or c.margin < 1:
         p.append(f"calibration.margin: must be 1 or more, got {c.margin!r}")
+    return p + _check_filter("calibration.split", c.split, "calibration.languages", c.languages)
+
+
+def _check_filter(split_field: str, split, languages_field: str, languages) -> list[str]:
+    """Problems in a (split, languages) row filter of other-language sources."""
+    p = []
+    if split is not None and not (
+        (isinstance(split, str) and split)
+        or (isinstance(split, list) and split and all(isinstance(x, str) and x for x in split))
+    ):
+        p.append(f"{split_field}: expected a split name, a list of them or null, got {split!r}")
+    if languages is not None:
+        if not isinstance(languages, list) or not languages or not all(isinstance(x, str) for x in languages):
+            p.append(f"{languages_field}: expected a list of language codes or null, got {languages!r}")
+        elif bad := [x for x in languages if x not in WHISPER_LANGUAGES]:
+            p.append(f"{languages_field}: not Whisper language codes: {bad}")
     return p
 
 

@@ -6,6 +6,7 @@ The Trainer brings checkpoints and resume, TensorBoard logs, the seed, gradient 
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -17,7 +18,7 @@ from pathlib import Path
 from ..adapters.registry import AdapterRecord, Registry
 from ..base.loading import Base, cache_dir, cache_get, cache_put, load_base, pick_device
 from ..scoring import Score
-from .data import Example, Loaded, fingerprint, hold_out_speakers, load_folder, load_hub, load_manifest, validate
+from .data import Example, Loaded, fingerprint, has_column, hold_out_speakers, load_folder, load_hub, load_manifest, validate
 from .recipe import Recipe, expand_path
 
 logger = logging.getLogger("lora_whisper")
@@ -161,26 +162,43 @@ def _samples_digest(e: Example) -> str:
     return hashlib.sha256(np.ascontiguousarray(e.load(), dtype=np.float32).tobytes()).hexdigest()
 
 
+def calibration_negatives(recipe: Recipe) -> list[Example]:
+    """The recipe's calibration negatives (``calibration``), the same draw wherever they are asked for."""
+    from .calibration import load_negatives
+
+    c = recipe.calibration
+    return load_negatives(c.negatives, recipe.language, c.max_per_source, c.split, c.languages, recipe.train.seed)
+
+
 def load_contrast(recipe: Recipe) -> list[Example]:
     """The recipe's ``data.contrast`` clips: real speech of other languages, at most ``contrast_max`` drawn at random
-    (seeded), decoded and checked, none of them a calibration negative (compared by their samples): the threshold
+    (seeded) in turn from each language, decoded and checked, none of them a calibration negative (compared by their samples): the threshold
     must be measured on clips the adapter never trained on."""
     import random
-
-    from .calibration import load_negatives
 
     d = recipe.data
     if not d.contrast or not d.contrast_max:
         return []
     rows: list[Example] = []
     for src in d.contrast:
-        loaded = load_manifest(
-            expand_path(src), split=d.contrast_split, split_column="split" if d.contrast_split else None
-        )
-        rows += [e for e in loaded.examples if e.language and e.language != recipe.language]
+        path = expand_path(src)
+        by_split = d.contrast_split and has_column(path, "split")
+        loaded = load_manifest(path, split=d.contrast_split, split_column="split" if by_split else None)
+        rows += [
+            e
+            for e in loaded.examples
+            if e.language
+            and e.language != recipe.language
+            and (d.contrast_languages is None or e.language in d.contrast_languages)
+        ]
     random.Random(recipe.train.seed).shuffle(rows)
-    c = recipe.calibration
-    held = {_samples_digest(e) for e in load_negatives(c.negatives, recipe.language, c.max_per_source)}
+    # drawn round-robin over languages: the adapter must learn to refuse every language, not only the one with the
+    # most rows (a rival language's 1,900 clips would otherwise crowd out the 100 of a close one)
+    by_lang: dict[str, list[Example]] = {}
+    for e in rows:
+        by_lang.setdefault(e.language, []).append(e)
+    rows = [e for group in itertools.zip_longest(*by_lang.values()) for e in group if e is not None]
+    held = {_samples_digest(e) for e in calibration_negatives(recipe)}
     out: list[Example] = []
     for e in rows:
         if len(out) >= d.contrast_max:
@@ -851,12 +869,12 @@ def _calibrate(engine, record: AdapterRecord, recipe: Recipe, own: list[Example]
     set: the threshold is set by the other languages only, the own clips say how many it lets through) and the
     recipe's real clips of other languages; None when the recipe names none."""
     from ..transcribe.routing import calibrate, trained_on_synthetic
-    from .calibration import load_negatives, measure
+    from .calibration import measure
 
     c = recipe.calibration
     if not c.negatives:
         return None
-    negatives = load_negatives(c.negatives, recipe.language, c.max_per_source)
+    negatives = calibration_negatives(recipe)
     if not negatives:
         logger.warning("calibration: no clips of other languages in %s; the adapter stays uncalibrated", c.negatives)
         return None
