@@ -318,3 +318,57 @@ def test_odds_edges_and_an_unknown_score_kind():
     assert not accept_claim({"fa": 0.9}, future, 0.99)
     with pytest.raises(ValueError, match="unknown claim score"):
         claim_score(0.5, 0.5, "learned")
+
+
+# ---- two real-language adapters in one registry: consult only where an adapter may win, the surest claim wins -----
+def _pair():
+    real = {"train_kind": "real"}
+    fa = AdapterRecord("fa-cv", 1, "fa", B, metrics=real, active=True, calibration={"threshold": 3.0, "score": "odds"})
+    ur = AdapterRecord("ur-cv", 1, "ur", B, metrics=real, active=True, calibration={"threshold": 5.0, "score": "odds"})
+    return fa, ur
+
+
+def test_two_adapters_whose_detections_disagree():
+    from lora_whisper.transcribe.routing import consult, decide
+
+    fa, ur = _pair()
+    recs = [fa, ur]
+    urdu = {"hi": 0.7, "ur": 0.2, "fa": 0.05, "en": 0.05}  # the base calls this Urdu clip Hindi
+    asked = consult(urdu, recs, 0.8)
+    assert {r.ref for r in asked} == {"fa-cv@1", "ur-cv@1"}
+    r = decide(urdu, {"fa-cv@1": 0.3, "ur-cv@1": 0.9999}, recs, RouteRequest())
+    assert (r.adapter, r.language) == ("ur-cv@1", "ur") and "recognises ur" in r.reason
+    persian = {"fa": 0.45, "ur": 0.35, "ar": 0.2}  # both adapters claim: the higher score wins, whichever the order
+    claims = {"ur-cv@1": 0.9, "fa-cv@1": 0.999}
+    assert decide(persian, claims, recs, RouteRequest()).adapter == "fa-cv@1"
+    assert decide(persian, dict(reversed(claims.items())), list(reversed(recs)), RouteRequest()).adapter == "fa-cv@1"
+    # a claim under its own threshold does not win, however the other adapter scores
+    assert decide(persian, {"ur-cv@1": 0.999, "fa-cv@1": 0.2}, recs, RouteRequest()).adapter == "ur-cv@1"
+
+
+def test_an_adapter_that_refuses_the_audio_is_not_routed_to_on_the_base_detection():
+    from lora_whisper.transcribe.routing import consult, decide
+
+    fa, ur = _pair()
+    arabic = {"fa": 0.7, "ar": 0.25, "ur": 0.05}  # real Arabic the base mistakes for Persian
+    assert route(arabic, [fa, ur], RouteRequest()).adapter == "fa-cv@1"  # the base's detection alone would take it
+    assert fa in consult(arabic, [fa, ur], 0.8)
+    r = decide(arabic, {"fa-cv@1": 0.04}, [fa, ur], RouteRequest())
+    assert (r.adapter, r.language) == (None, "fa") and "does not recognise" in r.reason  # as an empty registry
+    # the adapter agrees (own >= 0.5) without passing its threshold: the base's detection stands, as before
+    assert decide(arabic, {"fa-cv@1": 0.6}, [fa, ur], RouteRequest()).adapter == "fa-cv@1"
+
+
+def test_consult_only_where_an_adapter_may_win():
+    from lora_whisper.transcribe.routing import consult, decide
+
+    fa, ur = _pair()
+    english = {"en": 0.99, "fa": 1e-9, "ur": 1e-8}  # no claim could reach either threshold: nothing is run
+    assert consult(english, [fa, ur], 0.8) == []
+    assert decide(english, {}, [fa, ur], RouteRequest()).adapter is None
+    assert [r.ref for r in consult({"hi": 0.9, "ur": 0.05, "fa": 1e-9}, [fa, ur], 0.8)] == ["ur-cv@1"]
+    held = AdapterRecord("ur-cv", 2, "ur", B, active=True, calibration=ur.calibration, inactive_reason="worse")
+    assert consult({"ur": 0.4, "hi": 0.5}, [held], 0.8) == []
+    # a forced language or adapter skips consulting altogether
+    assert decide({"hi": 0.9}, {"ur-cv@1": 0.99}, [ur], RouteRequest(language="hi")).adapter is None
+    assert decide({"hi": 0.9}, {}, [ur], RouteRequest(adapter="ur-cv@1")).adapter == "ur-cv@1"

@@ -324,3 +324,75 @@ def accept_claim(
     if not trained_on_synthetic(record) or base_p < min_base_prob:
         return False
     return own_prob >= min_own_prob and own_prob > base_p
+
+
+def may_claim(base_probs: dict[str, float], record: AdapterRecord, consult_below: float) -> bool:
+    """Whether adapter ``record`` could win this audio, so is worth consulting (its detection costs a decoder step,
+    an encoder pass for an encoder adapter).
+
+    A calibrated geometric or odds adapter: where its claim could pass its threshold with the adapter at its surest
+    (the base gives its language enough); other adapters (own-score, uncalibrated): where the base is unsure (top
+    probability below ``consult_below``).
+    """
+    if not base_probs or consult_below <= 0 or not record.routable:
+        return False
+    cal = record.calibration or {}
+    t, kind = cal.get("threshold"), cal.get("score", "geometric")
+    if t is not None and kind in ("geometric", "odds"):
+        return claim_score(base_probs.get(record.language, 0.0), MAX_PROB if kind == "odds" else 1.0, kind) >= t
+    return max(base_probs.values()) < consult_below
+
+
+def consult(base_probs: dict[str, float], records: list[AdapterRecord], consult_below: float) -> list[AdapterRecord]:
+    """The candidate adapters to ask about this audio (``may_claim``); none when the base is sure and no calibrated
+    adapter could pass."""
+    return [r for r in records if may_claim(base_probs, r, consult_below)]
+
+
+def decide(
+    base_probs: dict[str, float] | None,
+    claims: dict[str, float],
+    records: list[AdapterRecord],
+    request: RouteRequest,
+) -> Route:
+    """The route for one file or segment, from the base's detection and the consulted adapters' claims.
+
+    Args:
+        base_probs: the base's language probabilities (None when the language is forced).
+        claims: adapter ref -> its probability of its own language on the audio, for the adapters consulted
+            (``consult``).
+        records: the registry's active records.
+        request: the user's request.
+
+    An accepted claim (``accept_claim``) wins, the highest score first. Without one, ``route`` follows the base's
+    detection, except to an adapter that was consulted and refused the audio (its own probability of its language
+    below one half): a third language the base mistook for an adapter's stays on the base.
+    """
+    if request.language or request.adapter not in ("auto", None, "") or not base_probs:
+        return route(base_probs, records, request)
+    by_ref = {r.ref: r for r in records}
+    best: tuple[float, AdapterRecord] | None = None
+    for ref, own in claims.items():
+        rec = by_ref.get(ref)
+        if rec is None or not accept_claim(base_probs, rec, own):
+            continue
+        kind = (rec.calibration or {}).get("score", "geometric")
+        score = claim_score(base_probs.get(rec.language, 0.0), own, kind) if rec.calibration else own
+        if best is None or score > best[0]:
+            best = (score, rec)
+    if best is not None:
+        score, rec = best
+        top = max(base_probs, key=base_probs.get)
+        return Route(
+            rec.language,
+            claims[rec.ref],
+            rec.ref,
+            f"base says {top} ({base_probs[top]:.2f}); adapter {rec.ref} recognises {rec.language} "
+            f"({claims[rec.ref]:.2f}, score {score:.3g})",
+        )
+    refused = {ref for ref, own in claims.items() if own < 0.5}
+    r = route(base_probs, [x for x in records if x.ref not in refused], request)
+    said_no = [x for x in refused if x in by_ref and by_ref[x].language == r.language]
+    if r.adapter is None and said_no:
+        r.reason = f"adapter {said_no[0]} does not recognise {r.language} ({claims[said_no[0]]:.2f}): base"
+    return r

@@ -1,0 +1,102 @@
+"""The language probabilities routing decides on, per clip: the base's and each adapter's, dumped once.
+
+    python benchmarks/routing_probs.py --registry adapters --out probs.jsonl \
+        --sets fa=$CV_FA_MANIFEST:dev,ur=$CV_UR_MANIFEST:dev,other=$CV_OTHER_MANIFEST [--max-per-language 100]
+
+For every clip: the base's probabilities over every language and each active adapter's (adapter active), from the
+first 30 s on the runtime ``transcribe`` uses (``Runtime.detect``, the call adapter-consulted detection and the
+calibration make). ``bench_languages.py --probs FILE`` replays the routing rule on them without a model, so a rule
+can be compared on thousands of clips in seconds; its routed figures are then measured through ``transcribe``.
+Rows already in ``--out`` are kept (the run resumes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+KEEP = 1e-7
+"""Probabilities below this are not written (they cannot move a decision: the odds score clips at 1e-6)."""
+
+
+def load_sets(spec: str, max_per_language: int | None):
+    """``name=manifest[:split]`` items, comma-separated, as (name, examples); rows without a language skipped."""
+    from lora_whisper.train.data import has_column, load_manifest, validate
+
+    out = []
+    for item in spec.split(","):
+        name, _, rest = item.partition("=")
+        path, _, split = rest.partition(":")
+        by_split = split and has_column(path, "split")
+        speaker = "speaker" if has_column(path, "speaker") else None
+        loaded = load_manifest(
+            path, split=split or None, split_column="split" if by_split else None, speaker_column=speaker
+        )
+        rows, seen = [], {}
+        for e in loaded.examples:
+            if not e.language:
+                continue
+            seen[e.language] = seen.get(e.language, 0) + 1
+            if max_per_language is None or seen[e.language] <= max_per_language:
+                rows.append(e)
+        out.append((name, validate(type(loaded)(rows)).examples))
+    return out
+
+
+def _kept(probs: dict, always: set[str]) -> dict:
+    return {k: v for k, v in probs.items() if v >= KEEP or k in always}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--registry", default="adapters")
+    ap.add_argument("--sets", required=True, help="name=manifest[:split],... (rows of every language)")
+    ap.add_argument("--max-per-language", type=int, default=None)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+
+    from tqdm import tqdm
+
+    from lora_whisper.adapters.registry import Registry
+    from lora_whisper.transcribe.runtime import build_engine
+
+    reg = Registry(args.registry)
+    records = [r for r in reg.active() if not r.domain]
+    engine = build_engine("offline", "auto", None, reg, runtime="ct2", threads=args.threads)
+    rt = engine.runtime
+    always = {r.language for r in records}
+    out = Path(args.out)
+    done = set()
+    if out.exists():
+        done = {json.loads(line)["id"] for line in out.read_text(encoding="utf-8").splitlines() if line.strip()}
+    t0, n = time.perf_counter(), 0
+    with out.open("a", encoding="utf-8") as f:
+        for name, examples in load_sets(args.sets, args.max_per_language):
+            for e in tqdm(examples, desc=name, unit="clip"):
+                key = f"{name}/{e.id}"
+                if key in done:
+                    continue
+                audio = e.load()
+                row = {
+                    "id": key,
+                    "set": name,
+                    "lang": e.language,
+                    "speaker": e.speaker,
+                    "seconds": round(len(audio) / 16000, 2),
+                    "base": _kept(rt.detect(audio), always),
+                    "adapters": {r.ref: _kept(rt.detect(audio, None, r.ref), always) for r in records},
+                }
+                f.write(json.dumps(row) + "\n")
+                n += 1
+    print(f"{n} clips in {time.perf_counter() - t0:.0f} s -> {out} (adapters: {', '.join(r.ref for r in records)})")
+
+
+if __name__ == "__main__":
+    main()
