@@ -7,7 +7,7 @@ For every clip: the base's probabilities over every language and each active ada
 first 30 s on the runtime ``transcribe`` uses (``Runtime.detect``, the call adapter-consulted detection and the
 calibration make). ``bench_languages.py --probs FILE`` replays the routing rule on them without a model, so a rule
 can be compared on thousands of clips in seconds; its routed figures are then measured through ``transcribe``.
-Rows already in ``--out`` are kept (the run resumes).
+Rows already in ``--out`` are kept (the run resumes), and adapters filed since are added to them.
 """
 
 from __future__ import annotations
@@ -73,29 +73,35 @@ def main() -> None:
     rt = engine.runtime
     always = {r.language for r in records}
     out = Path(args.out)
-    done = set()
+    rows: dict[str, dict] = {}
     if out.exists():
-        done = {json.loads(line)["id"] for line in out.read_text(encoding="utf-8").splitlines() if line.strip()}
+        rows = {r["id"]: r for r in map(json.loads, out.read_text(encoding="utf-8").splitlines()) if r}
     t0, n = time.perf_counter(), 0
-    with out.open("a", encoding="utf-8") as f:
-        for name, examples in load_sets(args.sets, args.max_per_language):
-            for e in tqdm(examples, desc=name, unit="clip"):
-                key = f"{name}/{e.id}"
-                if key in done:
-                    continue
-                audio = e.load()
-                row = {
+    for name, examples in load_sets(args.sets, args.max_per_language):
+        for e in tqdm(examples, desc=name, unit="clip"):
+            key = f"{name}/{e.id}"
+            row = rows.get(key)
+            todo = [r for r in records if row is None or r.ref not in row["adapters"]]
+            if row is not None and not todo:
+                continue  # resumed: adapters filed since the last run are added to the rows already measured
+            audio = e.load()
+            if row is None:
+                row = rows[key] = {
                     "id": key,
                     "set": name,
                     "lang": e.language,
                     "speaker": e.speaker,
                     "seconds": round(len(audio) / 16000, 2),
                     "base": _kept(rt.detect(audio), always),
-                    "adapters": {r.ref: _kept(rt.detect(audio, None, r.ref), always) for r in records},
+                    "adapters": {},
                 }
-                f.write(json.dumps(row) + "\n")
-                n += 1
-    print(f"{n} clips in {time.perf_counter() - t0:.0f} s -> {out} (adapters: {', '.join(r.ref for r in records)})")
+            for r in todo:
+                row["adapters"][r.ref] = _kept(rt.detect(audio, None, r.ref), always | {row["lang"]})
+            n += 1
+        tmp = out.with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows.values()), encoding="utf-8")
+        tmp.replace(out)
+    print(f"{n} clips measured in {time.perf_counter() - t0:.0f} s -> {out} ({', '.join(r.ref for r in records)})")
 
 
 if __name__ == "__main__":
