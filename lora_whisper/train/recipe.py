@@ -4,6 +4,7 @@ collects every problem before raising."""
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 from dataclasses import asdict, dataclass, field
@@ -12,16 +13,12 @@ from pathlib import Path
 import yaml
 
 from ..adapters.lora import TARGET_MODULES
+from ..adapters.schema import DOMAIN_RE, NAME_RE, WHISPER_LANGUAGES
 from ..transcribe.segments import MAX_BEAM_SIZE, filed_beam_size
 
 RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"
 """The project's recipes/ folder (an editable install finds it beside the package)."""
 PRECISIONS = ("fp32", "fp16", "bf16")
-WHISPER_LANGUAGES = (
-    "en zh de es ru ko fr ja pt tr pl ca nl ar sv it id hi fi vi he uk el ms cs ro da hu ta no th ur hr bg lt la mi "
-    "ml cy sk te fa lv bn sr az sl kn et mk br eu is hy ne mn bs kk sq sw gl mr pa si km sn yo so af oc ka be tg sd "
-    "gu am yi lo uz fo ht ps tk nn mt sa lb my bo tl mg as tt haw ln ha ba jw su yue"
-).split()
 
 
 class RecipeError(ValueError):
@@ -240,8 +237,8 @@ class OutputSettings:
 class Recipe:
     """Everything a training run needs; saved beside the adapter."""
 
-    language: str = "fr"
-    """Whisper language code of the data."""
+    language: str | None = None
+    """Whisper language code of the data: required (a recipe, ``--lang`` or ``--set language=..`` gives it)."""
     domain: str | None = None
     """Domain label (medical, legal, ...); None for a general language adapter."""
     base: BaseConfig = field(default_factory=BaseConfig)
@@ -324,21 +321,47 @@ def apply_overrides(data: dict, overrides: list[str], problems: list[str]) -> di
 
 def validate(r: Recipe) -> list[str]:
     """Every problem with a recipe's values (empty when valid), section by section."""
-    return _check_top(r) + _check_data(r) + _check_lora(r) + _check_train(r) + _check_calibration(r)
+    p = _check_top(r) + _check_data(r) + _check_lora(r) + _check_train(r) + _check_calibration(r)
+    named = {x.split(":")[0] for x in p}
+    return p + [x for x in _check_finite(dataclasses.asdict(r), "") if x.split(":")[0].split("[")[0] not in named]
+
+
+def _check_finite(value, where: str) -> list[str]:
+    """Every NaN or infinite number anywhere in the recipe (``lr: .nan`` passes ``lr <= 0``), by its field."""
+    if isinstance(value, dict):
+        return [p for k, v in value.items() for p in _check_finite(v, f"{where}.{k}" if where else k)]
+    if isinstance(value, (list, tuple)):
+        return [p for i, v in enumerate(value) for p in _check_finite(v, f"{where}[{i}]")]
+    if isinstance(value, float) and not math.isfinite(value):
+        return [f"{where}: must be a finite number, got {value!r}"]
+    return []
+
+
+def _num(v, low: float | None = None, high: float | None = None, low_open: bool = False) -> bool:
+    """A finite number (not a bool) within [low, high] (``low_open``: above low)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        return False
+    return (low is None or (v > low if low_open else v >= low)) and (high is None or v <= high)
+
+
+def _int(v, low: int) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= low
 
 
 def _check_top(r: Recipe) -> list[str]:
     """Problems with language, domain, base and output."""
     p = []
-    if r.language not in WHISPER_LANGUAGES:
+    if r.language is None:
+        p.append("language: required: the Whisper language code of the data (e.g. fr, de, es, en)")
+    elif r.language not in WHISPER_LANGUAGES:
         p.append(f"language: {r.language!r} is not a Whisper language code (e.g. fr, de, es, en)")
-    if r.domain is not None and (not isinstance(r.domain, str) or not r.domain.replace("-", "").isalnum()):
+    if r.domain is not None and (not isinstance(r.domain, str) or not DOMAIN_RE.match(r.domain)):
         p.append(f"domain: {r.domain!r} must be letters, digits or '-'")
+    if not isinstance(r.base.model, str) or not r.base.model:
+        p.append(f"base.model: expected 'offline', a folder or a Hub id, got {r.base.model!r}")
     if r.base.quantize not in ("int8", "none"):
         p.append(f"base.quantize: {r.base.quantize!r} is not one of ['int8', 'none']")
     if r.output.name is not None:
-        from ..adapters.registry import NAME_RE
-
         if not NAME_RE.match(str(r.output.name)) or ".." in str(r.output.name):
             p.append(f"output.name: {r.output.name!r} must be lower-case letters, digits, '.', '_' or '-'")
     return p
@@ -400,6 +423,8 @@ def _check_data(r: Recipe) -> list[str]:
         v = getattr(d, k)
         if v is not None and (not isinstance(v, int) or v < 1):
             p.append(f"data.{k}: must be a positive integer or null, got {v!r}")
+    if d.noise_snr_db is not None and not _num(d.noise_snr_db, -20, 100):
+        p.append(f"data.noise_snr_db: must be a number of dB in [-20, 100] or null, got {d.noise_snr_db!r}")
     return p
 
 
@@ -409,13 +434,16 @@ def _check_lora(r: Recipe) -> list[str]:
     lo = r.lora
     if lo.scope not in ("encoder+decoder", "decoder"):
         p.append(f"lora.scope: {lo.scope!r} is not one of ['encoder+decoder', 'decoder']")
-    if not isinstance(lo.r, int) or lo.r < 1:
-        p.append(f"lora.r: must be a positive integer, got {lo.r!r}")
-    if not isinstance(lo.alpha, (int, float)) or lo.alpha <= 0:
+    if not _int(lo.r, 1) or lo.r > 4096:
+        p.append(f"lora.r: must be an integer from 1 to 4096, got {lo.r!r}")
+    if not _num(lo.alpha, 0, low_open=True):
         p.append(f"lora.alpha: must be positive, got {lo.alpha!r}")
-    if not isinstance(lo.dropout, (int, float)) or not 0 <= lo.dropout < 1:
+    if not _num(lo.dropout, 0) or lo.dropout >= 1:
         p.append(f"lora.dropout: must be in [0, 1), got {lo.dropout!r}")
-    if not lo.target_modules or not set(lo.target_modules) <= set(TARGET_MODULES):
+    targets = lo.target_modules
+    if not isinstance(targets, list) or not targets or not all(isinstance(x, str) for x in targets):
+        p.append(f"lora.target_modules: {targets!r}; give a list from {list(TARGET_MODULES)}")
+    elif not set(targets) <= set(TARGET_MODULES):
         p.append(f"lora.target_modules: {lo.target_modules!r}; choose from {list(TARGET_MODULES)}")
     return p
 
@@ -424,8 +452,25 @@ def _check_train(r: Recipe) -> list[str]:
     """Problems in the ``train`` section."""
     p = []
     t = r.train
-    if not isinstance(t.lr, (int, float)) or t.lr <= 0:
-        p.append(f"train.lr: must be positive, got {t.lr!r}")
+    if not _num(t.lr, 0, 1, low_open=True):
+        p.append(f"train.lr: must be a number in (0, 1], got {t.lr!r}")
+    if not _int(t.warmup_steps, 0):
+        p.append(f"train.warmup_steps: must be 0 or a positive integer, got {t.warmup_steps!r}")
+    if not _num(t.weight_decay, 0, 1):
+        p.append(f"train.weight_decay: must be a number in [0, 1], got {t.weight_decay!r}")
+    if not _int(t.seed, 0):
+        p.append(f"train.seed: must be 0 or a positive integer, got {t.seed!r}")
+    for k in ("gradient_checkpointing", "spec_augment"):
+        if not isinstance(getattr(t, k), bool):
+            p.append(f"train.{k}: must be true or false, got {getattr(t, k)!r}")
+    e = r.eval
+    if not _int(e.batch_size, 1):
+        p.append(f"eval.batch_size: must be a positive integer, got {e.batch_size!r}")
+    if e.max_new_tokens is not None and not (_int(e.max_new_tokens, 1) and e.max_new_tokens <= 440):
+        p.append(f"eval.max_new_tokens: must be an integer from 1 to 440 or null, got {e.max_new_tokens!r}")
+    for k in ("skip_before", "drop_failed"):
+        if not isinstance(getattr(e, k), bool):
+            p.append(f"eval.{k}: must be true or false, got {getattr(e, k)!r}")
     for k in ("batch_size", "grad_accum", "save_steps", "logging_steps", "save_total_limit"):
         v = getattr(t, k)
         if not isinstance(v, int) or v < 1:
@@ -440,8 +485,8 @@ def _check_train(r: Recipe) -> list[str]:
         v = getattr(t, k)
         if not isinstance(v, (int, float)) or not 0 <= v < 1:
             p.append(f"train.{k}: must be in [0, 1), got {v!r}")
-    if t.max_steps == -1 and (not isinstance(t.epochs, (int, float)) or t.epochs <= 0):
-        p.append(f"train.epochs: must be positive, got {t.epochs!r}")
+    if t.max_steps == -1 and not _num(t.epochs, 0, 10000, low_open=True):
+        p.append(f"train.epochs: must be a number in (0, 10000], got {t.epochs!r}")
     b = r.eval.beam_size
     if b is not None and filed_beam_size(b) is None:
         p.append(f"eval.beam_size: must be an integer from 1 to {MAX_BEAM_SIZE} or null, got {b!r}")
@@ -456,7 +501,7 @@ def _check_calibration(r: Recipe) -> list[str]:
         p.append(f"calibration.negatives: expected a list of paths, got {c.negatives!r}")
     if not isinstance(c.max_per_source, int) or c.max_per_source < 1:
         p.append(f"calibration.max_per_source: must be a positive integer, got {c.max_per_source!r}")
-    if not isinstance(c.margin, (int, float)) or c.margin < 1:
+    if not _num(c.margin, 1):
         p.append(f"calibration.margin: must be 1 or more, got {c.margin!r}")
     return p + _check_filter("calibration.split", c.split, "calibration.languages", c.languages)
 
