@@ -12,6 +12,7 @@ import os
 import shutil
 import socket
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -277,6 +278,54 @@ def test_deeply_nested_or_huge_metadata_is_refused_in_one_line(reg, tiny_adapter
     (src / METADATA_FILE).write_text("{" * 50000)
     with pytest.raises(RegistryError, match="unreadable metadata"):
         reg.import_folder(src)
+
+
+def test_adapter_config_sizing_the_layers_is_bounded(reg, tiny_adapter_factory, tmp_path):
+    """peft sizes the LoRA layers by adapter_config.json's r: r = 10^9 would allocate before failing."""
+    for key, value in (("r", 10**9), ("r", "8"), ("lora_alpha", float("nan"))):
+        src = tmp_path / f"{key}-{value}"
+        shutil.copytree(tiny_adapter_factory(), src)
+        cfg = json.loads((src / "adapter_config.json").read_text())
+        cfg[key] = value
+        (src / "adapter_config.json").write_text(json.dumps(cfg))
+        with pytest.raises(RegistryError, match=key):
+            reg.import_folder(src, language="fr")
+    assert reg.list() == []
+
+
+_ALIAS_BOMB = """
+import resource, sys
+resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))
+from lora_whisper.train.recipe import RecipeError, load_recipe
+try:
+    load_recipe(sys.argv[1])
+except RecipeError as e:
+    print("REFUSED", e.problems)
+"""
+
+
+@pytest.mark.parametrize("field", ["data.dataset", "lora.target_modules", "train.lr", "data.contrast"])
+def test_recipe_yaml_alias_bomb_is_refused_at_once(tmp_path, field):
+    """A 'billion laughs' recipe (YAML aliases nesting 10^9 items in a few lines) is refused, not walked or printed."""
+    import subprocess
+    import sys
+
+    levels = ["&l0 [a, a, a, a, a, a, a, a, a, a]"] + [
+        f"&l{i} [" + ", ".join([f"*l{i - 1}"] * 10) + "]" for i in range(1, 9)
+    ]
+    section, key = field.split(".")
+    path = tmp_path / "bomb.yaml"
+    body = "language: fr\ndata:\n  source: synthetic\n  corpus: fr-medical\n"
+    if section != "data":
+        body += f"{section}:\n"
+    path.write_text(body + f"  {key}: [{', '.join(levels)}]\n")
+    here = str(Path(__file__).resolve().parents[1])  # this checkout's package, as the test process imports it
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.run(
+        [sys.executable, "-c", _ALIAS_BOMB, str(path)], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert "REFUSED" in proc.stdout and field in proc.stdout, proc.stderr[-1000:]
+    assert len(proc.stdout) < 2000
 
 
 def _silent_opus(path, seconds, rate=48000):
@@ -616,6 +665,8 @@ def test_server_skips_a_malformed_adapter_and_refuses_bad_imports(
             assert needle in err["message"], err
         body = {"lora_name": "y", "lora_path": str(linked.parent / "bad"), "language": "../../etc"}
         assert httpx.post(url + "/v1/load_lora_adapter", json=body, headers=h).status_code == 400
+        deep = httpx.post(url + "/v1/load_lora_adapter", content=b"[" * 100000, headers=h)
+        assert _error(deep, 400)["message"].startswith("body is not JSON")
     assert sorted(r.name for r in reg.list()) == ["de"]
     warned = [r.getMessage() for r in records if "/fr/v1" in r.getMessage()]
     assert len(warned) == 1, warned

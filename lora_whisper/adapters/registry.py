@@ -136,6 +136,11 @@ def check_adapter_files(folder: Path) -> dict:
     check_safetensors(weights)
     if config.get("peft_type", "LORA") != "LORA":
         raise RegistryError(f"{cfg}: peft_type {config.get('peft_type')!r} is not LORA")
+    r, alpha = config.get("r"), config.get("lora_alpha")
+    if r is not None and not (isinstance(r, int) and not isinstance(r, bool) and 1 <= r <= 4096):
+        raise RegistryError(f"{cfg}: r must be an integer from 1 to 4096 (peft sizes the layers by it), got {r!r}")
+    if alpha is not None and not (isinstance(alpha, (int, float)) and not isinstance(alpha, bool) and alpha > 0):
+        raise RegistryError(f"{cfg}: lora_alpha must be a number > 0, got {alpha!r}")
     return config
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import re
+import reprlib
 
 from ..transcribe.segments import MAX_BEAM_SIZE, filed_beam_size
 
@@ -69,9 +70,17 @@ def _finite(v, low: float | None = None, high: float | None = None) -> bool:
     )
 
 
+def _bounded_repr() -> reprlib.Repr:
+    r = reprlib.Repr()  # keyword arguments need Python 3.12
+    r.maxlevel, r.maxlist, r.maxtuple, r.maxdict, r.maxstring, r.maxother = 2, 4, 4, 4, 60, 60
+    return r
+
+
+_REPR = _bounded_repr()
+
+
 def _show(v) -> str:
-    text = repr(v)
-    return text if len(text) <= 60 else text[:57] + "..."
+    return _REPR.repr(v)
 
 
 class _Checker:

@@ -15,6 +15,15 @@ from .auth import API_KEY_ENV
 from .parsing import parse_defaults
 
 
+def _number_option(flag: str, default: float, low: float, high: float, help: str):
+    """A number option that must be finite and within [low, high] (NaN, infinities, negatives refused, naming it)."""
+
+    def check(ctx, param, value):
+        return _bounded(param, value, low, high)
+
+    return click.option(flag, default=default, show_default=True, callback=check, help=f"{help} {low:g} to {high:g}.")
+
+
 @click.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
 @click.option(
@@ -47,28 +56,16 @@ from .parsing import parse_defaults
     type=click.IntRange(1, 100000),
     help="Queued requests beyond this get 503 + Retry-After.",
 )
-@click.option(
-    "--max-upload-mb",
-    default=25.0,
-    show_default=True,
-    callback=lambda c, p, v: _bounded(p, v, 0.001, 4096),
-    help="Largest upload in MB, 0.001 to 4096 (413 above).",
-)
-@click.option(
+@_number_option("--max-upload-mb", 25.0, 0.001, 4096, "Largest upload in MB (413 above).")
+@_number_option(
     "--max-audio-s",
-    default=3600.0,
-    show_default=True,
-    callback=lambda c, p, v: _bounded(p, v, 1, 86400),
-    help="Longest audio in seconds, as decoded, 1 to 86400: a small compressed upload can hold hours; decoding "
-    "stops past the limit and the request gets 413. Memory: about 230 MB per hour of audio.",
+    3600.0,
+    1,
+    86400,
+    "Longest audio in seconds, as decoded: a small compressed upload can hold hours; decoding stops past the limit "
+    "and the request gets 413. Memory: about 230 MB per hour of audio.",
 )
-@click.option(
-    "--drain-timeout",
-    default=30.0,
-    show_default=True,
-    callback=lambda c, p, v: _bounded(p, v, 0, 3600),
-    help="On SIGTERM, seconds (0 to 3600) to finish accepted requests.",
-)
+@_number_option("--drain-timeout", 30.0, 0, 3600, "On SIGTERM, seconds to finish accepted requests.")
 @click.option(
     "--import-root",
     multiple=True,

@@ -101,8 +101,8 @@ async def read_json(request, limit: int = 1 << 20) -> dict:
     body = await read_body(request, limit)
     try:
         data = json.loads(body or b"{}")
-    except ValueError as e:
-        raise APIError(400, f"body is not JSON: {e}") from e
+    except (ValueError, RecursionError) as e:  # RecursionError: nested thousands deep
+        raise APIError(400, f"body is not JSON: {type(e).__name__}: {str(e)[:200]}") from e
     if not isinstance(data, dict):
         raise APIError(400, "body must be a JSON object")
     return data

@@ -82,7 +82,7 @@ def _claimed_seconds(f) -> float:
 
 
 def _read_bounded(path: Path, sample_rate: int, max_seconds: float) -> np.ndarray:
-    """Mono float32 at ``sample_rate``, decoded in blocks of at most 2^18 frames; AudioTooLong past ``max_seconds``."""
+    """Mono float32 at ``sample_rate``, decoded in blocks of about 4 MB; AudioTooLong past ``max_seconds``."""
     import soundfile as sf
     import soxr
 
@@ -101,7 +101,7 @@ def _read_bounded(path: Path, sample_rate: int, max_seconds: float) -> np.ndarra
             raise too_long(_claimed_seconds(f), "holds")
         limit = int(max_seconds * sr)
         rs = soxr.ResampleStream(sr, sample_rate, 1, dtype="float32") if sr != sample_rate else None
-        out, frames, block = [], 0, 1 << 18
+        out, frames, block = [], 0, max(1024, (1 << 20) // max(1, f.channels))  # about 4 MB of float32 a read
         while True:
             try:
                 x = f.read(block, dtype="float32", always_2d=True)

@@ -6,6 +6,7 @@ long-form mode, batching); this module keeps the numbers."""
 from __future__ import annotations
 
 import math
+import reprlib
 
 from .segments import MAX_BEAM_SIZE
 
@@ -87,6 +88,14 @@ def check(options) -> None:
         raise ValueError("; ".join(bad))
 
 
+def _bounded_repr() -> reprlib.Repr:
+    r = reprlib.Repr()  # keyword arguments need Python 3.12
+    r.maxlevel, r.maxlist, r.maxtuple, r.maxdict, r.maxstring, r.maxother = 2, 4, 4, 4, 60, 60
+    return r
+
+
+_REPR = _bounded_repr()
+
+
 def _show(v) -> str:
-    text = repr(v)
-    return text if len(text) <= 60 else text[:57] + "..."
+    return _REPR.repr(v)
