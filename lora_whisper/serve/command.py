@@ -59,11 +59,12 @@ def _number_option(flag: str, default: float, low: float, high: float, help: str
 @_number_option("--max-upload-mb", 25.0, 0.001, 4096, "Largest upload in MB (413 above).")
 @_number_option(
     "--max-audio-s",
-    3600.0,
+    600.0,
     1,
     86400,
     "Longest audio in seconds, as decoded: a small compressed upload can hold hours; decoding stops past the limit "
-    "and the request gets 413. Memory: about 230 MB per hour of audio.",
+    "and the request gets 413. Memory grows with it: the ct2 runtime takes about 45 MB per minute of audio (its "
+    "features are computed for the whole file).",
 )
 @_number_option("--drain-timeout", 30.0, 0, 3600, "On SIGTERM, seconds to finish accepted requests.")
 @click.option(

@@ -352,8 +352,6 @@ def _check_values(value, where: str, seen: set) -> list[str]:
     return []
 
 
-
-
 def _bounded_repr() -> reprlib.Repr:
     r = reprlib.Repr()  # keyword arguments need Python 3.12
     r.maxlevel, r.maxlist, r.maxtuple, r.maxdict, r.maxstring, r.maxother = 2, 4, 4, 4, 60, 60
