@@ -250,6 +250,17 @@ def test_link_to_a_file_inside_the_folder_is_copied_as_a_file(reg, tiny_adapter_
     assert not any(p.is_symlink() for p in rec.path.rglob("*"))
 
 
+def test_a_huge_folder_is_not_walked_whole(reg, tiny_adapter_factory, tmp_path):
+    """`adapters import /` walked the whole disk (and copied it) before any check."""
+    src = _folder(tmp_path, tiny_adapter_factory)
+    for i in range(40):
+        (src / f"d{i}").mkdir()
+        for j in range(30):
+            (src / f"d{i}" / f"f{j}.txt").write_text("x")
+    with pytest.raises(RegistryError, match="more than 1000 files"):
+        reg.import_folder(src, language="fr")
+
+
 def test_fifo_in_the_folder_is_refused_without_hanging(reg, tiny_adapter_factory, tmp_path):
     src = _folder(tmp_path, tiny_adapter_factory)
     os.mkfifo(src / "pipe")

@@ -146,6 +146,8 @@ def check_adapter_files(folder: Path) -> dict:
 
 COPY_IGNORED = (".*", METADATA_FILE, "checkpoint-*", "runs")
 """Names never copied from a source folder (at any depth): hidden files, its own metadata, training leftovers."""
+MAX_FOLDER_ENTRIES = 1000
+"""An adapter folder holds a handful of files; one with more entries than this is not one (``import /``)."""
 
 
 def check_links(folder: Path) -> None:
@@ -162,9 +164,12 @@ def _walk_files(root: Path) -> list[tuple[Path, Path]]:
     import fnmatch
 
     root_real = Path(os.path.realpath(root))
-    out = []
+    out, seen = [], 0
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
         here = Path(dirpath)
+        seen += len(dirnames) + len(filenames)
+        if seen > MAX_FOLDER_ENTRIES:  # `adapters import /` must not walk the whole disk
+            raise RegistryError(f"{root}: more than {MAX_FOLDER_ENTRIES} files and folders: not an adapter folder")
         for name in sorted(dirnames + filenames):
             if any(fnmatch.fnmatch(name, pat) for pat in COPY_IGNORED):
                 if name in dirnames:
