@@ -47,7 +47,7 @@ def _engine(ctx, quantize: str | None = None, options=None):
 
     o = ctx.obj
     try:
-        return build_engine(
+        engine = build_engine(
             o["base"],
             quantize or o["quantize"],
             o["device"],
@@ -60,6 +60,16 @@ def _engine(ctx, quantize: str | None = None, options=None):
         )
     except (BaseModelError, RegistryError) as e:
         _fail(str(e).splitlines()[0])
+    if engine.registry is not None:  # adapters made for another base are skipped (one warning), never routed to
+        engine.registry.base = engine.base.identity.to_dict()
+    return engine
+
+
+def _declared_base(ctx) -> dict:
+    """The identity --base declares (its Hub id), known without loading it: adapters are checked against it."""
+    from .base.loading import declared_identity
+
+    return declared_identity(ctx.obj["base"])
 
 
 def _csv(value: str | None) -> list[str] | None:
@@ -115,7 +125,13 @@ def _progress(total: int, desc: str):
     "for --merge, --combine, --batching mixed, --route per-segment (hot swap without merging). auto: ct2 on CPU, "
     "torch on CUDA or when a torch-only option is given. Training always runs on torch.",
 )
-@click.option("--threads", default=0, show_default=True, help="CPU threads for inference (0: the runtime's default).")
+@click.option(
+    "--threads",
+    default=0,
+    show_default=True,
+    type=click.IntRange(0, 1024),
+    help="CPU threads for inference (0: the runtime's default).",
+)
 @click.option(
     "--workers",
     default=1,
@@ -131,6 +147,7 @@ def _progress(total: int, desc: str):
     "--cache-size",
     default=4,
     show_default=True,
+    type=click.IntRange(1, 64),
     help="Adapters kept resident (LRU): peft adapters on torch, compiled models on ct2.",
 )
 @click.option("-v", "--verbose", count=True, help="-v info, -vv debug.")
@@ -300,14 +317,24 @@ def _check_adapter(ctx, adapter: str) -> None:
     """An adapter the user named must exist (one line listing the active ones), before any model loads."""
     if adapter in ("auto", "none", "", None):
         return
-    from .adapters.registry import RegistryError
+    from .adapters.registry import RegistryError, check_base
 
     reg = _registry(ctx)
     try:
-        reg.get(adapter)
+        check_base(reg.get(adapter), _declared_base(ctx))
     except RegistryError as e:
         names = ", ".join(r.ref for r in reg.active()) or "none filed"
         _fail(f"--adapter {adapter!r}: {e}; available: {names}")
+
+
+def _check_bounds(options) -> None:
+    """Numbers out of range, NaN, wrong types (``transcribe.bounds``): one line naming the flag, before any model
+    loads."""
+    from .transcribe import bounds
+
+    if bad := bounds.problems(options):
+        name, rest = bad[0].split(" ", 1)
+        _fail(f"--{name.replace('_', '-')} {rest}")
 
 
 def _build_options(ctx, *, language=None, languages=None, adapter="auto", temperature="0", **kw):
@@ -322,6 +349,10 @@ def _build_options(ctx, *, language=None, languages=None, adapter="auto", temper
     )
     try:
         options.validate()
+    except ValueError as e:
+        _fail(str(e))
+    _check_bounds(options)
+    try:
         from .transcribe.runtime import check_runtime_options
 
         check_runtime_options(_runtime_kind(ctx, options), options)
@@ -401,10 +432,11 @@ def transcribe(ctx, paths, fmt, route_mode, out_dir, combine_weights, verbose_ro
         _fail(f"--combine-weights {combine_weights!r}: give two numbers, e.g. 0.7,0.3")
     kw["domain"] = _csv(kw["domain"])
     options = _build_options(ctx, per_segment=route_mode == "per-segment", combine_weights=weights, **kw)
-    engine = _engine(ctx, options=options)
-    from .transcribe.audio import expand_inputs
+    from .transcribe.output import output_names
 
-    files = expand_inputs(list(paths))
+    files = _inputs(paths)
+    names = output_names(files, fmt) if out_dir else {}
+    engine = _engine(ctx, options=options)
     failed = 0
     with _progress(len(files), "transcribe") as bar:
         for res in engine.transcribe(files, options, progress=None):
@@ -424,11 +456,21 @@ def transcribe(ctx, paths, fmt, route_mode, out_dir, combine_weights, verbose_ro
             text = render(res, fmt)
             if out_dir:
                 Path(out_dir).mkdir(parents=True, exist_ok=True)
-                dest = Path(out_dir) / f"{Path(res.file).stem}.{fmt}"
+                dest = Path(out_dir) / names.get(res.file, f"{Path(res.file).stem}.{fmt}")
                 dest.write_text(text, encoding="utf-8")
             else:
                 click.echo(text, nl=False)
     sys.exit(1 if failed else 0)
+
+
+def _inputs(paths) -> list:
+    """The audio files PATHS name (folders expanded), before any model loads: a folder without audio is an error."""
+    from .transcribe.audio import AUDIO_EXTENSIONS, expand_inputs
+
+    for p in paths:
+        if Path(p).is_dir() and not expand_inputs([p]):
+            _fail(f"{p}: no audio files in this folder (looked for {', '.join(AUDIO_EXTENSIONS)})")
+    return expand_inputs(list(paths))
 
 
 @main.command()
@@ -442,10 +484,12 @@ def detect(ctx, paths, languages, top_k, fmt, batch_size):
     """Print language probabilities detected from the audio."""
     from .transcribe.engine import FileError
 
-    engine = _engine(ctx)
+    files = _inputs(paths)
     options = _transcribe_options(languages=_csv(languages), top_k=top_k, batch_size=batch_size, adapter="none")
+    _check_bounds(options)
+    engine = _engine(ctx)
     failed = 0
-    for res in engine.detect(list(paths), options):
+    for res in engine.detect(files, options):
         if isinstance(res, FileError):
             failed += 1
             click.echo(f"error: {res.error}", err=True)
@@ -688,6 +732,13 @@ def adapters_list(ctx, show_all, fmt):
     for r in records:
         if r.inactive_reason:
             click.echo(f"{r.ref} is inactive: {r.inactive_reason}; routing skips it, --adapter {r.name} forces it")
+    from .adapters.registry import AdapterMismatchError, check_base
+
+    for r in records:  # listed, but not usable with the configured base: say so
+        try:
+            check_base(r, _declared_base(ctx))
+        except AdapterMismatchError as e:
+            click.echo(f"warning: {e}; transcribe and serve skip it with this --base", err=True)
 
 
 @adapters.command("compile")
@@ -749,8 +800,9 @@ def adapters_activate(ctx, ref):
 @click.option("--domain", default=None)
 @click.pass_context
 def adapters_import(ctx, src, name, language, domain):
-    """File a PEFT adapter folder, or a Hub repo id (as `pull`), in the registry."""
+    """File a PEFT adapter folder, or a Hub repo id (as `pull`), in the registry (for the --base in use)."""
     reg = _registry(ctx)
+    reg.base = _declared_base(ctx)  # an adapter made for another base is refused, naming both
     if Path(src).is_dir():
         rec = _registry_call(reg.import_folder, src, name=name, language=language, domain=domain)
     else:
@@ -792,7 +844,9 @@ def pull(ctx, repo, name, language, domain, revision):
     """Download an adapter from the Hub into the registry (safetensors only, checked)."""
     from .adapters.hub import pull as hub_pull
 
-    rec = _registry_call(hub_pull, _registry(ctx), repo, name=name, language=language, domain=domain, revision=revision)
+    reg = _registry(ctx)
+    reg.base = _declared_base(ctx)  # an adapter made for another base is refused, naming both
+    rec = _registry_call(hub_pull, reg, repo, name=name, language=language, domain=domain, revision=revision)
     click.echo(f"pulled {repo} -> {rec.ref}")
 
 

@@ -97,6 +97,7 @@ def test_new_fields_are_checked():
         load_recipe(
             None,
             [
+                "language=fr",
                 "data.corpus=fr-medical",
                 "train.precision=fp8",
                 "data.timestamps=2",
@@ -116,7 +117,9 @@ def test_new_fields_are_checked():
         "mask_time_prob",
     ):
         assert needle in msg, needle
-    r = load_recipe(None, ["data.corpus=fr-medical", "data.speed_perturb=[0.9,1.1]", "train.precision=bf16"])
+    r = load_recipe(
+        None, ["language=fr", "data.corpus=fr-medical", "data.speed_perturb=[0.9,1.1]", "train.precision=bf16"]
+    )
     assert tuple(r.data.speed_perturb) == (0.9, 1.1) and "speed_perturb:\n  - 0.9" in r.to_yaml()
 
 

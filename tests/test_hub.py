@@ -76,7 +76,9 @@ print("PLAIN_PEFT_OK")
     assert "PLAIN_PEFT_OK" in proc.stdout, proc.stderr[-2000:]
 
     other = Registry(tmp_path / "b")
-    res = runner.invoke(main, ["--registry", str(other.root), "pull", "tester/fr-medical"])
+    res = runner.invoke(
+        main, ["--registry", str(other.root), "--base", str(tiny_model_dir), "pull", "tester/fr-medical"]
+    )
     assert res.exit_code == 0, res.output
     rec = other.get("fr-medical")
     assert (rec.language, rec.domain, rec.source) == ("fr", "medical", "hf://tester/fr-medical")

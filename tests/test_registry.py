@@ -129,12 +129,12 @@ def test_concurrent_filing_is_consistent(reg, tiny_adapter_factory):
     assert not [p for p in os.listdir(reg.root) if p.startswith((".tmp", ".trash"))]
 
 
-def test_cli_import_export_show_rm(reg, tiny_adapter_factory, tmp_path):
+def test_cli_import_export_show_rm(reg, tiny_adapter_factory, tmp_path, tiny_model_dir):
     from lora_whisper.cli import main
 
     runner = CliRunner()
     a = tiny_adapter_factory()
-    base = ["--registry", str(reg.root)]
+    base = ["--registry", str(reg.root), "--base", str(tiny_model_dir)]
     # a plain peft folder (no lora-whisper metadata) needs a language
     res = runner.invoke(main, base + ["adapters", "import", str(a), "--name", "plain"])
     assert res.exit_code == 2 and "pass --language" in res.stderr

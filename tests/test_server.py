@@ -221,7 +221,7 @@ def test_translation_and_server_defaults(engine, clips):
     }
     with pytest.raises(ValueError, match="beam_size"):
         parse_defaults(["beam=2"])
-    with pytest.raises(ValueError, match="beam size"):
+    with pytest.raises(ValueError, match="beam.size"):
         parse_defaults(["beam_size=0"])
 
 

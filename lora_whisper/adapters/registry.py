@@ -22,10 +22,13 @@ import logging
 import os
 import re
 import shutil
+import stat
 import struct
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from .schema import MAX_METADATA_BYTES, NAME_RE, check_record
 
 logger = logging.getLogger("lora_whisper")
 
@@ -33,8 +36,6 @@ METADATA_FILE = "lora_whisper.json"
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
-REQUIRED_FIELDS = ("name", "version", "language", "base")
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 ENV_VAR = "LORA_WHISPER_ADAPTERS"
 
 
@@ -122,16 +123,93 @@ def check_adapter_files(folder: Path) -> dict:
     if not cfg.is_file():
         raise RegistryError(f"{folder}: no {ADAPTER_CONFIG}")
     try:
+        if cfg.stat().st_size > MAX_METADATA_BYTES:
+            raise ValueError(f"{cfg.stat().st_size} bytes, at most {MAX_METADATA_BYTES}")
         config = json.loads(cfg.read_text())
-    except ValueError as e:
-        raise RegistryError(f"{cfg}: not valid JSON ({e})") from e
+    except (ValueError, RecursionError) as e:  # RecursionError: JSON nested thousands deep
+        raise RegistryError(f"{cfg}: not valid JSON ({type(e).__name__}: {str(e)[:200]})") from e
+    if not isinstance(config, dict):
+        raise RegistryError(f"{cfg}: not a JSON object")
     weights = folder / ADAPTER_WEIGHTS
     if not weights.is_file():
         raise RegistryError(f"{folder}: no {ADAPTER_WEIGHTS}")
     check_safetensors(weights)
     if config.get("peft_type", "LORA") != "LORA":
         raise RegistryError(f"{cfg}: peft_type {config.get('peft_type')!r} is not LORA")
+    r, alpha = config.get("r"), config.get("lora_alpha")
+    if r is not None and not (isinstance(r, int) and not isinstance(r, bool) and 1 <= r <= 4096):
+        raise RegistryError(f"{cfg}: r must be an integer from 1 to 4096 (peft sizes the layers by it), got {r!r}")
+    if alpha is not None and not (isinstance(alpha, (int, float)) and not isinstance(alpha, bool) and alpha > 0):
+        raise RegistryError(f"{cfg}: lora_alpha must be a number > 0, got {alpha!r}")
     return config
+
+
+COPY_IGNORED = (".*", METADATA_FILE, "checkpoint-*", "runs")
+"""Names never copied from a source folder (at any depth): hidden files, its own metadata, training leftovers."""
+MAX_FOLDER_ENTRIES = 1000
+"""An adapter folder holds a handful of files; one with more entries than this is not one (``import /``)."""
+
+
+def check_links(folder: Path) -> None:
+    """Refuse a source folder holding anything but folders, regular files and links to regular files inside it.
+
+    A link out of the folder (``notes.txt -> /etc/passwd``), a dangling or looping link, a link to a folder, a FIFO
+    or a device: RegistryError naming it, before anything is read or copied.
+    """
+    _walk_files(Path(folder))
+
+
+def _walk_files(root: Path) -> list[tuple[Path, Path]]:
+    """(source file to read, path relative to ``root``) of every file to copy, links resolved; see check_links."""
+    import fnmatch
+
+    root_real = Path(os.path.realpath(root))
+    out, seen = [], 0
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        here = Path(dirpath)
+        seen += len(dirnames) + len(filenames)
+        if seen > MAX_FOLDER_ENTRIES:  # `adapters import /` must not walk the whole disk
+            raise RegistryError(f"{root}: more than {MAX_FOLDER_ENTRIES} files and folders: not an adapter folder")
+        for name in sorted(dirnames + filenames):
+            if any(fnmatch.fnmatch(name, pat) for pat in COPY_IGNORED):
+                if name in dirnames:
+                    dirnames.remove(name)
+                continue
+            p = here / name
+            st = os.lstat(p)
+            rel = p.relative_to(root)
+            if os.path.islink(p):
+                target = Path(os.path.realpath(p))
+                if root_real not in target.parents or not target.is_file():
+                    raise RegistryError(
+                        f"{root}: {rel} is a symbolic link to {os.readlink(p)} (outside the folder, a folder, or "
+                        "broken): links are not imported; copy the file itself in (cp -L)"
+                    )
+                if name in dirnames:
+                    dirnames.remove(name)
+                out.append((target, rel))
+            elif stat.S_ISREG(st.st_mode):
+                out.append((p, rel))
+            elif not stat.S_ISDIR(st.st_mode):
+                raise RegistryError(f"{root}: {rel} is not a regular file (a FIFO, socket or device): not imported")
+    return out
+
+
+def _copy_folder(src: Path, dest: Path) -> None:
+    """Copy ``src`` to the new folder ``dest``: regular files only, links inside ``src`` copied as the files they name,
+    never followed out of it (files opened with O_NOFOLLOW, so a link swapped in after the check is not read)."""
+    dest.mkdir(parents=True)
+    for path, rel in _walk_files(src):
+        out = dest / rel
+        out.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        except OSError as e:
+            raise RegistryError(f"{src}: cannot read {rel} ({e.strerror})") from e
+        with os.fdopen(fd, "rb") as f, open(out, "wb") as g:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise RegistryError(f"{src}: {rel} is not a regular file: not imported")
+            shutil.copyfileobj(f, g, 1 << 20)
 
 
 @dataclass
@@ -203,58 +281,41 @@ class AdapterRecord:
 
     @classmethod
     def from_file(cls, path: Path) -> AdapterRecord:
+        """The record in a ``lora_whisper.json``, checked whole (``schema.check_record``); RegistryError naming the
+        file and every bad field otherwise."""
         try:
+            if path.stat().st_size > MAX_METADATA_BYTES:
+                raise RegistryError(f"{path}: metadata of {path.stat().st_size} bytes (at most {MAX_METADATA_BYTES})")
             data = json.loads(path.read_text())
-        except (OSError, ValueError) as e:
-            raise RegistryError(f"{path}: unreadable metadata ({e})") from e
+        except (OSError, ValueError, RecursionError) as e:  # RecursionError: JSON nested thousands deep
+            if isinstance(e, RegistryError):
+                raise
+            raise RegistryError(f"{path}: unreadable metadata ({type(e).__name__}: {str(e)[:200]})") from e
+        return cls.from_dict(data, path)
+
+    @classmethod
+    def from_dict(cls, data: dict, path: Path) -> AdapterRecord:
+        """The record of a metadata object read from ``path`` (its folder becomes the record's ``path``)."""
         if not isinstance(data, dict):
             raise RegistryError(f"{path}: metadata must be a JSON object")
-        missing = [k for k in REQUIRED_FIELDS if data.get(k) in (None, "")]
-        if isinstance(data.get("base"), dict) and not data["base"].get("hub_id"):
-            missing.append("base.hub_id")
-        if missing:
-            raise RegistryError(f"{path}: missing field(s) {', '.join(missing)}")
-        wrong = [
-            f"{k} ({type(data[k]).__name__}, expected {' or '.join(t.__name__ for t in types)})"
-            for k, types in FIELD_TYPES.items()
-            if k in data and data[k] is not None and not _has_type(data[k], types)
-        ]
-        if wrong:
-            raise RegistryError(f"{path}: wrong type for field(s) {', '.join(wrong)}")
+        problems = check_record(data)
+        if problems:
+            raise RegistryError(f"{path}: {'; '.join(problems)}")
         known = {f for f in cls.__dataclass_fields__ if f not in ("path", "active")}
         return cls(**{k: v for k, v in data.items() if k in known}, path=path.parent)
+
+    def check(self) -> None:
+        """Raise RegistryError naming every field of this record that the schema refuses."""
+        d = self.to_dict()
+        problems = check_record({k: v for k, v in d.items() if k not in ("path", "active")})
+        if problems:
+            raise RegistryError(f"adapter {self.name!r}: {'; '.join(problems)}")
 
     def save(self, folder: Path) -> None:
         d = self.to_dict()
         d.pop("path")
         d.pop("active")
         _write_atomic(folder / METADATA_FILE, json.dumps(d, indent=2, ensure_ascii=False) + "\n")
-
-
-FIELD_TYPES: dict[str, tuple[type, ...]] = {
-    "name": (str,),
-    "version": (int,),
-    "language": (str,),
-    "base": (dict,),
-    "domain": (str,),
-    "lora": (dict,),
-    "metrics": (dict,),
-    "recipe": (dict,),
-    "data_fingerprint": (str,),
-    "train_seconds": (int, float),
-    "created": (str,),
-    "source": (str,),
-    "inactive_reason": (str,),
-    "calibration": (dict,),
-    "decoding": (dict,),
-}
-"""The JSON type each metadata field must have (None is allowed for the optional ones)."""
-
-
-def _has_type(value, types: tuple[type, ...]) -> bool:
-    if isinstance(value, bool):  # JSON true is not a version number or a duration
-        return bool in types
-    return isinstance(value, types)
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -266,7 +327,8 @@ def _write_atomic(path: Path, text: str) -> None:
 def check_base(record: AdapterRecord, base: dict) -> None:
     """Raise AdapterMismatchError unless ``record`` was trained on ``base`` ({hub_id, fingerprint}).
 
-    The fingerprints decide when both are known; otherwise the Hub ids must be equal.
+    The fingerprints decide when both are known; otherwise the Hub ids must be equal. A record not yet filed
+    (version 0) is named by its name alone.
     """
     want, have = record.base or {}, base or {}
     if want.get("fingerprint") and have.get("fingerprint"):
@@ -275,7 +337,7 @@ def check_base(record: AdapterRecord, base: dict) -> None:
         ok = want.get("hub_id") == have.get("hub_id")
     if not ok:
         raise AdapterMismatchError(
-            f"adapter {record.ref} was trained on base {want.get('hub_id')} ({want.get('fingerprint') or 'no fingerprint'}), "
+            f"adapter {record.ref if record.version else repr(record.name)} was trained on base {want.get('hub_id')} ({want.get('fingerprint') or 'no fingerprint'}), "
             f"but the loaded base is {have.get('hub_id')} ({have.get('fingerprint') or 'no fingerprint'})"
         )
 
@@ -291,8 +353,11 @@ class Problem:
 class Registry:
     """Adapters under one folder. Every method re-reads the folders: they are the truth."""
 
-    def __init__(self, root: str | Path | None = None):
+    def __init__(self, root: str | Path | None = None, base: dict | None = None):
         self.root = Path(root) if root is not None else default_root()
+        self.base = base
+        """The identity ({hub_id, fingerprint}) of the base the adapters are used with, once known: versions made for
+        another base are then skipped as problems (and refused by ``add``). None: not checked here."""
 
     # ---- reading -------------------------------------------------------------------------------------------
     def scan(self) -> tuple[list[AdapterRecord], list[Problem]]:
@@ -336,7 +401,7 @@ class Registry:
             elif fam.is_dir() and not any(p.path.startswith(str(fam)) for p in problems):
                 problems.append(Problem(str(fam), "no adapter versions inside"))
         for p in problems:
-            logger.warning("registry: skipped %s: %s", p.path, p.message)
+            _warn_once(f"registry: skipped {p.path}: {p.message}")
         return records, problems
 
     def _read_version(self, name: str, vdir: Path) -> AdapterRecord:
@@ -349,6 +414,8 @@ class Registry:
         if rec.name != name or f"v{rec.version}" != vdir.name:
             raise RegistryError(f"{meta}: says {rec.name}@{rec.version} but lives in {name}/{vdir.name}")
         check_adapter_files(vdir)
+        if self.base:
+            check_base(rec, self.base)
         return rec
 
     def _active_version(self, fam: Path, records: list[AdapterRecord]) -> int:
@@ -371,13 +438,20 @@ class Registry:
     def get(self, ref: str) -> AdapterRecord:
         """``name`` (its active version) or ``name@N``; the error lists what exists."""
         name, version = parse_ref(ref)
-        records = [r for r in self.list() if r.name == name]
-        if not records:
-            names = sorted({r.name for r in self.list()})
-            raise RegistryError(f"adapter {name!r} not found in {self.root}; available: {names or 'none'}")
+        found, problems = self.scan()
+        records = [r for r in found if r.name == name]
         for r in records:
             if (version is None and r.active) or r.version == version:
                 return r
+        fam = str(self.root / name)
+        unusable = [p for p in problems if p.path == fam or Path(p.path).parent == Path(fam)]
+        if version is not None:
+            unusable = [p for p in unusable if Path(p.path).name == f"v{version}"] or unusable
+        if unusable:  # it is there, but not usable: say why (one line), not "not found"
+            raise RegistryError(f"adapter {ref!r} is not usable: {unusable[-1].message}")
+        if not records:
+            names = sorted({r.name for r in found})
+            raise RegistryError(f"adapter {name!r} not found in {self.root}; available: {names or 'none'}")
         raise RegistryError(f"adapter {name!r} has no version {version}; versions: {[r.version for r in records]}")
 
     def find(self, language: str, domain: str | None = None) -> AdapterRecord | None:
@@ -416,12 +490,19 @@ class Registry:
         until the rename at the end, so a crash leaves at most a ``.tmp-*`` folder that ``list`` ignores.
         """
         check_name(record.name)
+        record.check()
+        if self.base:
+            try:
+                check_base(record, self.base)
+            except AdapterMismatchError as e:
+                raise AdapterMismatchError(f"{e}: not filed (it would not be usable; give its base with --base)") from e
         src = Path(src)
+        check_links(src)
         check_adapter_files(src)
         self.root.mkdir(parents=True, exist_ok=True)
         tmp = self.root / f".tmp-{uuid.uuid4().hex}"
         try:
-            shutil.copytree(src, tmp, ignore=shutil.ignore_patterns(".*", METADATA_FILE, "checkpoint-*", "runs"))
+            _copy_folder(src, tmp)
             for fname, content in (extra_files or {}).items():
                 target = (tmp / fname).resolve()
                 if tmp.resolve() not in target.parents:
@@ -493,13 +574,21 @@ class Registry:
         domain: str | None = None,
         source: str | None = None,
     ) -> AdapterRecord:
-        """File a PEFT adapter folder (ours, or any LoRA made with peft) as a new version."""
+        """File a PEFT adapter folder (ours, or any LoRA made with peft) as a new version.
+
+        The folder is checked before anything is read: links out of it, FIFOs and devices are refused
+        (``check_links``); its record is checked whole (``schema.check_record``) and, when the registry knows its
+        base (``self.base``), must be for that base.
+        """
         src = Path(src)
+        if not src.is_dir():
+            raise RegistryError(f"{src}: not a folder")
+        check_links(src)
         config = check_adapter_files(src)
         meta_file = src / METADATA_FILE
         if meta_file.is_file():
             rec = AdapterRecord.from_file(meta_file)
-            rec.path, rec.active = None, False
+            rec.path, rec.active, rec.version = None, False, 0  # numbered when filed
         else:
             card = _card_metadata(src / "README.md")
             language = language or card.get("language")
@@ -524,6 +613,16 @@ class Registry:
         return self.add(src, rec)
 
 
+_WARNED: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    """Log ``message`` once per process: the registry is scanned on every request, a bad folder is news once."""
+    if message not in _WARNED:
+        _WARNED.add(message)
+        logger.warning(message)
+
+
 def lora_settings(config: dict) -> dict:
     """The LoRA settings worth showing, from a peft adapter_config.json."""
     targets = config.get("target_modules")
@@ -536,9 +635,13 @@ def lora_settings(config: dict) -> dict:
         "r": config.get("r"),
         "alpha": config.get("lora_alpha"),
         "dropout": config.get("lora_dropout"),
-        "target_modules": targets if isinstance(targets, str) else sorted(targets or []),
+        "target_modules": sorted(targets or []) if _strings(targets) else targets,  # anything else: the schema refuses
         "scope": scope,
     }
+
+
+def _strings(value) -> bool:
+    return isinstance(value, list) and all(isinstance(x, str) for x in value)
 
 
 def _card_metadata(readme: Path) -> dict:

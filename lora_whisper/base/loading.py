@@ -156,6 +156,23 @@ def resolve_base(name: str) -> tuple[Path, str]:
     return Path(local), name
 
 
+def declared_identity(name: str | None) -> dict:
+    """The identity a base name declares, read without loading, converting or downloading anything: its Hub id as
+    ``resolve_base`` gives it (the fingerprint, known once the weights are read, is None). Adapters are checked
+    against it before any model loads (``adapters import``, ``--adapter``)."""
+    if name in (OFFLINE, "", None):
+        return {"hub_id": OFFLINE_HUB_ID, "fingerprint": None}
+    p = Path(name).expanduser()
+    if p.is_dir():
+        try:
+            meta = json.loads((p / "lora_whisper_base.json").read_text())
+            hub_id = meta.get("hub_id") if isinstance(meta, dict) else None
+        except (OSError, ValueError):
+            hub_id = None
+        return {"hub_id": hub_id if isinstance(hub_id, str) and hub_id else str(p), "fingerprint": None}
+    return {"hub_id": name, "fingerprint": None}
+
+
 def weights_fingerprint(folder: str | Path) -> str:
     """A fingerprint of the weights' values, independent of the file's dtype and layout.
 

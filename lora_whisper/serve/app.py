@@ -38,6 +38,10 @@ class ServeOptions:
     """Requests waiting beyond this are refused with 503 and Retry-After."""
     max_upload_bytes: int = 25 * 1024 * 1024
     """Largest request body accepted (OpenAI's limit is 25 MB); larger ones get 413."""
+    max_audio_seconds: float = 600.0
+    """Longest audio accepted, as decoded (a small compressed upload can hold hours); decoding stops past it and the
+    request gets 413. Ten minutes are 38 MB of 16 kHz samples, and about 420 MB more while the ct2 runtime computes
+    the whole file's features (measured), so a server stays under 1.5 GB."""
     drain_timeout: float = 30.0
     """On SIGTERM: seconds to finish requests already accepted before giving up on them."""
     import_roots: list[str] = field(default_factory=list)
@@ -65,6 +69,8 @@ def create_app(engine, options: ServeOptions | None = None):
     app = FastAPI(title="lora-whisper", lifespan=_lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     state = app.state
     state.engine, state.registry, state.base_id = engine, engine.registry, engine.base.identity.hub_id
+    if engine.registry is not None:  # adapters made for another base: skipped with one warning, refused on import
+        engine.registry.base = engine.base.identity.to_dict()
     state.options, state.scheduler, state.metrics = opts, scheduler, metrics
     state.tmpdir = tempfile.mkdtemp(prefix="lora-whisper-serve-")  # uploads, each deleted once decoded
     add_error_handlers(app)

@@ -4,6 +4,7 @@ Light to import (no FastAPI, no torch): the CLI imports it at start-up."""
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -14,9 +15,20 @@ from .auth import API_KEY_ENV
 from .parsing import parse_defaults
 
 
+def _number_option(flag: str, default: float, low: float, high: float, help: str):
+    """A number option that must be finite and within [low, high] (NaN, infinities, negatives refused, naming it)."""
+
+    def check(ctx, param, value):
+        return _bounded(param, value, low, high)
+
+    return click.option(flag, default=default, show_default=True, callback=check, help=f"{help} {low:g} to {high:g}.")
+
+
 @click.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
-@click.option("--port", default=8000, show_default=True, type=int, help="Port (0 = any free port, printed).")
+@click.option(
+    "--port", default=8000, show_default=True, type=click.IntRange(0, 65535), help="Port (0 = any free port, printed)."
+)
 @click.option(
     "--api-key-file",
     type=click.Path(exists=True, dir_okay=False),
@@ -44,14 +56,17 @@ from .parsing import parse_defaults
     type=click.IntRange(1, 100000),
     help="Queued requests beyond this get 503 + Retry-After.",
 )
-@click.option("--max-upload-mb", default=25.0, show_default=True, type=float, help="Largest upload (413 above).")
-@click.option(
-    "--drain-timeout",
-    default=30.0,
-    show_default=True,
-    type=float,
-    help="On SIGTERM, seconds to finish accepted requests.",
+@_number_option("--max-upload-mb", 25.0, 0.001, 4096, "Largest upload in MB (413 above).")
+@_number_option(
+    "--max-audio-s",
+    600.0,
+    1,
+    86400,
+    "Longest audio in seconds, as decoded: a small compressed upload can hold hours; decoding stops past the limit "
+    "and the request gets 413. Memory grows with it: the ct2 runtime takes about 45 MB per minute of audio (its "
+    "features are computed for the whole file).",
 )
+@_number_option("--drain-timeout", 30.0, 0, 3600, "On SIGTERM, seconds to finish accepted requests.")
 @click.option(
     "--import-root",
     multiple=True,
@@ -77,6 +92,7 @@ def serve(
     max_wait_ms,
     max_queue,
     max_upload_mb,
+    max_audio_s,
     drain_timeout,
     import_root,
     no_access_log,
@@ -97,6 +113,7 @@ def serve(
         max_wait=max_wait_ms / 1000,
         max_queue=max_queue,
         max_upload_bytes=int(max_upload_mb * 1024 * 1024),
+        max_audio_seconds=max_audio_s,
         drain_timeout=drain_timeout,
         import_roots=list(import_root),
         access_log=not no_access_log,
@@ -108,6 +125,17 @@ def serve(
             err=True,
         )
     run_server(engine, options, announce=lambda m: click.echo(m, err=True))
+
+
+def _bounded(param, value, low: float, high: float) -> float:
+    """``value`` as a finite number within [low, high]; one usage error naming the flag otherwise (NaN too)."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise click.BadParameter(f"{value!r} is not a number", param=param) from None
+    if not math.isfinite(v) or not low <= v <= high:
+        raise click.BadParameter(f"{value!r} is not a number from {low:g} to {high:g}", param=param)
+    return v
 
 
 def _api_key(api_key_file: str | None) -> str | None:

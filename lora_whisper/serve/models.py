@@ -22,9 +22,7 @@ def model_cards(registry, base_id: str) -> list[dict]:
     ]
     if registry is None:
         return cards
-    records, problems = registry.scan()
-    for p in problems:
-        logger.warning("registry: %s: %s", p.path, p.message)
+    records, _ = registry.scan()  # a bad or foreign adapter is skipped; scan warns once per process
     return cards + [_adapter_card(r, records, base_id, now) for r in records if r.active]
 
 
@@ -71,17 +69,18 @@ def resolve_model(registry, base_id: str, name: str) -> tuple[str, str]:
         return "auto", "auto"
     if name in ("base", base_id):
         return "none", "base"
+    why = ""
     if registry is not None:
         try:
             rec = registry.get(name)
             return rec.ref, rec.name
-        except RegistryError:
-            pass
+        except RegistryError as e:
+            why = f" ({e})" if "not usable" in str(e) else ""
     valid = ["auto", "base", base_id]
     if registry is not None:
         recs = registry.list()
         valid += sorted({r.name for r in recs}) + [r.ref for r in recs]
-    raise APIError(404, f"model {name!r} not found; valid models: {valid}", param="model", code="model_not_found")
+    raise APIError(404, f"model {name!r} not found{why}; valid models: {valid}", param="model", code="model_not_found")
 
 
 def _epoch(created: str, default: int) -> int:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import os
 import re
@@ -13,6 +14,8 @@ import tempfile
 from pathlib import Path
 
 from .responses import APIError
+
+logger = logging.getLogger("lora_whisper")
 
 RESPONSE_FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
 GRANULARITIES = ("segment", "word")
@@ -42,15 +45,28 @@ async def read_body(request, limit: int) -> bytes:
                 param="file",
                 code="request_too_large",
             )
+    from starlette.requests import ClientDisconnect
+
     chunks, got = [], 0
-    async for chunk in request.stream():
-        got += len(chunk)
-        if got > limit:
-            raise APIError(
-                413, f"request body is over the limit of {limit} bytes", param="file", code="request_too_large"
-            )
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            got += len(chunk)
+            if got > limit:
+                raise APIError(
+                    413, f"request body is over the limit of {limit} bytes", param="file", code="request_too_large"
+                )
+            chunks.append(chunk)
+    except ClientDisconnect:  # nobody to answer: one log line, no traceback
+        raise client_gone(request, got) from None
     return b"".join(chunks)
+
+
+def client_gone(request, received: int | None = None) -> APIError:
+    """Log that the client of ``request`` went away mid-request (one line); the APIError to end the request with."""
+    who = f"{request.client.host}:{request.client.port}" if request.client else "a client"
+    got = f" after {received} bytes" if received is not None else ""
+    logger.warning("%s %s: %s disconnected before the request was read%s", request.method, request.url.path, who, got)
+    return APIError(400, "client disconnected before the request was read", code="client_disconnected")
 
 
 async def read_form(request, limit: int):
@@ -85,8 +101,8 @@ async def read_json(request, limit: int = 1 << 20) -> dict:
     body = await read_body(request, limit)
     try:
         data = json.loads(body or b"{}")
-    except ValueError as e:
-        raise APIError(400, f"body is not JSON: {e}") from e
+    except (ValueError, RecursionError) as e:  # RecursionError: nested thousands deep
+        raise APIError(400, f"body is not JSON: {type(e).__name__}: {str(e)[:200]}") from e
     if not isinstance(data, dict):
         raise APIError(400, "body must be a JSON object")
     return data
@@ -222,6 +238,7 @@ def parse_defaults(pairs: list[str]) -> dict:
     """``KEY=VALUE`` strings (YAML values) -> TranscribeOptions fields; ValueError naming a bad key or value."""
     import yaml
 
+    from ..transcribe import bounds
     from ..transcribe.engine import TranscribeOptions
 
     known = {f.name: f for f in dataclasses.fields(TranscribeOptions)}
@@ -231,11 +248,15 @@ def parse_defaults(pairs: list[str]) -> dict:
         key = key.strip().replace("-", "_")
         if not sep or key not in known:
             raise ValueError(f"--set {pair!r}: give KEY=VALUE with KEY one of {sorted(known)}")
-        v = yaml.safe_load(value)
+        try:
+            v = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            raise ValueError(f"--set {pair!r}: not a YAML value ({str(e).splitlines()[0]})") from e
         if key in ("temperature", "combine_weights"):
             v = tuple(v) if isinstance(v, list) else (v,) if key == "temperature" else v
         out[key] = v
     try:
+        bounds.check(out)  # numbers out of range, NaN, wrong types: before validate compares them
         opts = TranscribeOptions(**out)
         if hasattr(opts, "validate"):
             opts.validate()
@@ -245,9 +266,10 @@ def parse_defaults(pairs: list[str]) -> dict:
 
 
 # ---- the upload --------------------------------------------------------------------------------------------------
-async def decode_upload(form, tmpdir: str):
-    """(float32 16 kHz samples, client file name) of the ``file`` field; APIError(400) naming the problem."""
-    from ..transcribe.audio import AudioError, load_audio
+async def decode_upload(form, tmpdir: str, max_seconds: float | None = None):
+    """(float32 16 kHz samples, client file name) of the ``file`` field; APIError(400) naming the problem, 413 when
+    the audio is longer than ``max_seconds`` (decoding stops there: memory stays bounded by the limit)."""
+    from ..transcribe.audio import AudioError, AudioTooLong, load_audio
 
     upload = form.get("file")
     if upload is None:
@@ -262,7 +284,14 @@ async def decode_upload(form, tmpdir: str):
             while chunk := await upload.read(1 << 20):
                 f.write(chunk)
         try:
-            samples = await run_sync(load_audio, tmp)
+            samples = await run_sync(load_audio, tmp, 16000, True, max_seconds)
+        except AudioTooLong as e:
+            raise APIError(
+                413,
+                f"{str(e).replace(tmp, name)} (the server's --max-audio-s)",
+                param="file",
+                code="audio_too_long",
+            ) from e
         except AudioError as e:
             raise APIError(400, str(e).replace(tmp, name), param="file", code="invalid_audio") from e
     finally:

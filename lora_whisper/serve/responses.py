@@ -53,6 +53,15 @@ def add_error_handlers(app) -> None:
     async def _validation_error(request, exc):
         return JSONResponse(APIError(400, str(exc)).body(), status_code=400)
 
+    from starlette.requests import ClientDisconnect
+
+    @app.exception_handler(ClientDisconnect)
+    async def _client_gone(request, exc):  # the client left mid-request: one log line, not a traceback
+        from .parsing import client_gone
+
+        err = client_gone(request)
+        return JSONResponse(err.body(), status_code=err.status)
+
     @app.exception_handler(Exception)
     async def _internal_error(request, exc):
         logger.exception("internal error on %s", request.url.path)

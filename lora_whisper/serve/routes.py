@@ -73,7 +73,7 @@ async def audio(request: Request, task: str):
             fields = parse_fields(form, task)
             adapter, label = await run_sync(resolve_model, state.registry, state.base_id, fields["model"])
             t_opts = transcribe_options(state.engine, fields, adapter, task, state.options.defaults)
-            samples, name = await decode_upload(form, state.tmpdir)
+            samples, name = await decode_upload(form, state.tmpdir, state.options.max_audio_seconds)
         finally:
             await form.close()
         job = Job((name, samples), t_opts, stream=fields["stream"], audio_seconds=len(samples) / 16000)

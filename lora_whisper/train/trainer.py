@@ -548,6 +548,12 @@ def train(
     """
     from transformers import set_seed
 
+    from .recipe import RecipeError
+    from .recipe import validate as recipe_problems
+
+    # the whole recipe, before the run folder (an earlier run's checkpoints) is touched
+    if problems := recipe_problems(recipe):
+        raise RecipeError(problems, "recipe")
     set_seed(recipe.train.seed)
     run_dir = recipe.run_dir
     _prepare_run_dir(run_dir, resume)

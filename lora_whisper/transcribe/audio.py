@@ -19,6 +19,10 @@ class AudioError(ValueError):
     """An input file could not be used; the message names the file."""
 
 
+class AudioTooLong(AudioError):
+    """An input holds more audio than the caller's ``max_seconds`` (found while decoding, which then stops)."""
+
+
 def _check_file(path: str | Path) -> Path:
     path = Path(path)
     if not path.exists():
@@ -30,26 +34,35 @@ def _check_file(path: str | Path) -> Path:
     return path
 
 
-def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE, check_silence: bool = True) -> np.ndarray:
+def load_audio(
+    path: str | Path, sample_rate: int = SAMPLE_RATE, check_silence: bool = True, max_seconds: float | None = None
+) -> np.ndarray:
     """Decode a file to mono float32 at ``sample_rate``.
 
+    ``max_seconds``: decode block by block (mixed down and resampled as it goes, the same samples as a whole read)
+    and stop as soon as the audio is longer: a small compressed file can hold hours (2 h of silent Opus in 2.7 MB),
+    and memory stays bounded by the limit, not by what the file claims or holds.
+
     Raises:
+        AudioTooLong: more than ``max_seconds`` of audio.
         AudioError: one line naming the file: missing, empty, undecodable, too short, or silent.
     """
     import soundfile as sf
     import soxr
 
     path = _check_file(path)
-    try:
-        audio, sr = sf.read(str(path), dtype="float32", always_2d=True)
-    except Exception as e:  # noqa: BLE001 - libsndfile raises several types; report one line
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise AudioError(f"{path}: cannot decode audio ({reason})") from e
-    if audio.shape[0] == 0:
-        raise AudioError(f"{path}: no audio samples (truncated?)")
-    audio = audio.mean(axis=1)
-    if sr != sample_rate:
-        audio = soxr.resample(audio, sr, sample_rate).astype(np.float32)
+    if max_seconds is not None:
+        audio = _read_bounded(path, sample_rate, max_seconds)
+    else:
+        try:
+            audio, sr = sf.read(str(path), dtype="float32", always_2d=True)
+        except Exception as e:  # noqa: BLE001 - libsndfile raises several types; report one line
+            raise AudioError(f"{path}: cannot decode audio ({_reason(e)})") from e
+        if audio.shape[0] == 0:
+            raise AudioError(f"{path}: no audio samples (truncated?)")
+        audio = audio.mean(axis=1)
+        if sr != sample_rate:
+            audio = soxr.resample(audio, sr, sample_rate).astype(np.float32)
     if len(audio) < MIN_SECONDS * sample_rate:
         raise AudioError(f"{path}: only {len(audio) / sample_rate:.3f} s of audio (truncated?)")
     if not np.isfinite(audio).all():
@@ -57,6 +70,56 @@ def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE, check_silence: 
     if check_silence and float(np.abs(audio).max()) < SILENCE_PEAK:
         raise AudioError(f"{path}: silent audio (peak below {SILENCE_PEAK}), nothing to transcribe")
     return audio
+
+
+def _reason(e: Exception) -> str:
+    return str(e).splitlines()[0] if str(e) else type(e).__name__
+
+
+def _claimed_seconds(f) -> float:
+    """The length an open SoundFile's header claims (0: unknown); decoding is bounded whatever it claims."""
+    return f.frames / f.samplerate if 0 < f.frames < 1 << 62 else 0.0
+
+
+def _read_bounded(path: Path, sample_rate: int, max_seconds: float) -> np.ndarray:
+    """Mono float32 at ``sample_rate``, decoded in blocks of about 4 MB; AudioTooLong past ``max_seconds``."""
+    import soundfile as sf
+    import soxr
+
+    def too_long(seconds: float, how: str) -> AudioTooLong:
+        return AudioTooLong(f"{path}: {how} {seconds:.0f} s of audio, over the limit of {max_seconds:g} s")
+
+    try:
+        f = sf.SoundFile(str(path))
+    except Exception as e:  # noqa: BLE001
+        raise AudioError(f"{path}: cannot decode audio ({_reason(e)})") from e
+    with f:
+        sr = f.samplerate
+        if sr <= 0:
+            raise AudioError(f"{path}: cannot decode audio (sample rate {sr})")
+        if _claimed_seconds(f) > max_seconds:  # the header says so: refused unread
+            raise too_long(_claimed_seconds(f), "holds")
+        limit = int(max_seconds * sr)
+        rs = soxr.ResampleStream(sr, sample_rate, 1, dtype="float32") if sr != sample_rate else None
+        out, frames, block = [], 0, max(1024, (1 << 20) // max(1, f.channels))  # about 4 MB of float32 a read
+        while True:
+            try:
+                x = f.read(block, dtype="float32", always_2d=True)
+            except Exception as e:  # noqa: BLE001
+                raise AudioError(f"{path}: cannot decode audio ({_reason(e)})") from e
+            frames += len(x)
+            if frames > limit:
+                raise too_long(frames / sr, "more than")
+            last = len(x) < block
+            x = x.mean(axis=1) if len(x) else np.zeros(0, np.float32)
+            y = rs.resample_chunk(x, last=last) if rs is not None else x
+            if len(y):
+                out.append(np.asarray(y, dtype=np.float32))
+            if last:
+                break
+    if frames == 0:
+        raise AudioError(f"{path}: no audio samples (truncated?)")
+    return np.concatenate(out) if out else np.zeros(0, np.float32)
 
 
 @dataclass
