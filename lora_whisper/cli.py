@@ -768,11 +768,61 @@ def adapters_compile(ctx, refs, force):
 
 @adapters.command("show")
 @click.argument("ref")
+@click.option("--figures", is_flag=True, help="The figures filed with it, as text: held-out WER/CER, routing, time.")
 @click.pass_context
-def adapters_show(ctx, ref):
-    """Everything recorded about NAME[@VERSION] (JSON)."""
+def adapters_show(ctx, ref, figures):
+    """Everything recorded about NAME[@VERSION] (JSON), or its figures (``--figures``)."""
     rec = _registry_call(_registry(ctx).get, ref)
-    click.echo(json.dumps(rec.to_dict(), indent=2, ensure_ascii=False, default=str))
+    if not figures:
+        click.echo(json.dumps(rec.to_dict(), indent=2, ensure_ascii=False, default=str))
+        return
+    for line in _figures(rec):
+        click.echo(line)
+
+
+def _figures(rec) -> list[str]:
+    """What ``adapters show --figures`` prints: the record's before/after per held-out set, its filed decoding, its
+    routing calibration and the training's time, each line only where the record has it."""
+    m = rec.metrics or {}
+    lora = rec.lora or {}
+    out = [
+        f"{rec.ref}: {rec.language}{'/' + rec.domain if rec.domain else ''}, {lora.get('scope', '?')} LoRA r={lora.get('r', '?')}"
+    ]
+    if m.get("train_clips") is not None:
+        out.append(
+            f"trained on {m['train_clips']} clips (+{m.get('contrast_clips') or 0} of other languages), "
+            f"{m.get('steps', '?')} steps"
+        )
+    for ev in m.get("evaluations") or []:
+        b, a = ev.get("before") or {}, ev.get("after") or {}
+
+        def pair(k, b=b, a=a):
+            x, y = b.get(k), a.get(k)
+            return f"{x:.3f} -> {y:.3f}" if isinstance(x, (int, float)) and isinstance(y, (int, float)) else "-"
+
+        out.append(
+            f"held out ({ev.get('kind')} {ev.get('split')}, {ev.get('n')} clips): WER {pair('wer')}, CER {pair('cer')}"
+        )
+    if rec.decoding:
+        out.append(f"decoding filed: {', '.join(f'{k}={v}' for k, v in rec.decoding.items())}")
+    cal = rec.calibration or {}
+    if cal:
+        own, other = cal.get("own") or {}, cal.get("other") or {}
+        out.append(
+            f"routing: {cal.get('rule', cal.get('score'))}, threshold {_threshold(rec)}; passes {own.get('accepted')}"
+            f"/{own.get('n')} of its own held-out clips and {other.get('accepted')}/{other.get('n')} clips of "
+            f"{','.join(cal.get('languages') or []) or 'other languages'}"
+        )
+    else:
+        out.append("routing: uncalibrated (routed where the base detects its language)")
+    steps = m.get("step_seconds") or {}
+    if steps:
+        out.append(f"time: {sum(steps.values()):.0f} s (" + ", ".join(f"{k} {v:.0f} s" for k, v in steps.items()) + ")")
+    elif rec.train_seconds:
+        out.append(f"time: training {rec.train_seconds:.0f} s")
+    if rec.inactive_reason:
+        out.append(f"inactive: {rec.inactive_reason}")
+    return out
 
 
 @adapters.command("rm")

@@ -276,3 +276,49 @@ def test_calibration_round_trips_and_adapters_list_shows_the_threshold(reg, tiny
     col = header.index("threshold")
     rows = {line.split()[0]: line for line in res.stdout.splitlines() if line.startswith(("fa-cv", "de-x"))}
     assert rows["fa-cv"][col:].split()[0] == "0.123" and rows["de-x"][col:].split()[0] == "-"
+
+
+def test_show_figures_reads_the_filed_metrics():
+    from lora_whisper.adapters.registry import AdapterRecord
+    from lora_whisper.cli import _figures
+
+    rec = AdapterRecord(
+        "ur-cv",
+        2,
+        "ur",
+        {"hub_id": TINY_HUB_ID, "fingerprint": "x"},
+        lora={"scope": "decoder", "r": 32},
+        metrics={
+            "train_clips": 1006,
+            "contrast_clips": 600,
+            "steps": 202,
+            "evaluations": [
+                {
+                    "kind": "real",
+                    "split": "dev",
+                    "n": 155,
+                    "before": {"wer": 0.709, "cer": 0.342},
+                    "after": {"wer": 0.5, "cer": 0.2},
+                }
+            ],
+            "step_seconds": {"encoder cache": 120.0, "fit": 600.0},
+        },
+        calibration={
+            "threshold": 12.5,
+            "score": "odds",
+            "rule": "odds",
+            "own": {"n": 73, "accepted": 70},
+            "other": {"n": 650, "accepted": 0},
+            "languages": ["fa", "hi"],
+        },
+        decoding={"beam_size": 5},
+        active=True,
+    )
+    text = "\n".join(_figures(rec))
+    assert "ur-cv@2: ur, decoder LoRA r=32" in text
+    assert "1006 clips (+600 of other languages), 202 steps" in text
+    assert "held out (real dev, 155 clips): WER 0.709 -> 0.500, CER 0.342 -> 0.200" in text
+    assert "threshold 12.5; passes 70/73 of its own held-out clips and 0/650 clips of fa,hi" in text
+    assert "decoding filed: beam_size=5" in text and "time: 720 s (encoder cache 120 s, fit 600 s)" in text
+    bare = AdapterRecord("x", 1, "fr", {"hub_id": TINY_HUB_ID, "fingerprint": "x"}, active=True)
+    assert _figures(bare)[-1].startswith("routing: uncalibrated")
