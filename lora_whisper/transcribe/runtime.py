@@ -1,19 +1,21 @@
 """Runtimes: what turns audio and an adapter choice into language probabilities and segments.
 
-Two implementations of one small interface (``Runtime``):
+Two implementations of one interface (``Runtime``):
 
-- ``torch`` (``TorchRuntime``): transformers + peft on the base, adapters hot-swapped without merging (the
+- ``torch`` (``runtime_torch.TorchRuntime``): transformers + peft on the base, adapters hot-swapped without merging (the
   ``AdapterPool``: LRU with pins, merged copies, combinations, mixed-adapter batches). Training, GPUs, and the
   torch-only features below.
 - ``ct2`` (``runtime_ct2.CT2Runtime``): faster-whisper's ``WhisperModel`` on CTranslate2 models; adapters compiled on
   first use (merged in float32, converted, cached in the registry), an LRU of compiled models. The CPU default.
 
-``auto`` is ``ct2`` for inference on CPU and ``torch`` on CUDA (``resolve_runtime``). The engine keeps routing and
-orchestration; ``build_engine`` makes an engine over the runtime a command asked for.
+``auto`` is ``ct2`` for inference on CPU and ``torch`` on CUDA (``resolve_runtime``). The engine keeps routing (the
+``Router`` a runtime calls back while it walks an input); ``engine.build_engine`` makes an engine over the runtime a
+command asked for. This module imports neither runtime: both import it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Protocol
 
 RUNTIMES = ("auto", "torch", "ct2")
@@ -31,18 +33,60 @@ class TorchOnlyError(ValueError):
     """A ct2 run asked for a torch-only feature; the message is one line naming the option."""
 
 
+class Router(Protocol):
+    """What a runtime asks of the engine while it walks an input: the routing, written once for every runtime."""
+
+    def candidates(self, options) -> list[str] | None:
+        """The languages detection is restricted to (None: all)."""
+
+    def route_units(self, units: list, options, warnings: dict[int, list[str]]) -> None:
+        """Give every unit (``units.Unit``) its route; warnings are collected per input (``Unit.file``)."""
+
+    def result(self, item, units: list, segments: list, duration: float, options, warnings: list[str]):
+        """The ``Transcription`` row of one input from its routed units and decoded segments."""
+
+
 class Runtime(Protocol):
-    """detect / decode / load / unload: everything the engine asks of a model."""
+    """Everything the engine asks of a model: the walk of inputs (how audio is cut, batched, detected and decoded),
+    what is resident, and the adapters it can resolve. The engine routes (``Router``); the runtime does the rest."""
 
     kind: str
     base: object
     """``identity`` (hub id, fingerprint) and ``languages`` (code -> token id) at least."""
+
+    def check(self, options) -> None:
+        """Raise TorchOnlyError (one line) when ``options`` ask for a feature this runtime does not have."""
+
+    def detect_inputs(self, items: list, options, candidates: list[str] | None) -> Iterator[tuple[object, dict]]:
+        """(input, language probabilities of its first 30 s of speech) per input in order, or a FileError for it."""
+
+    def transcribe(self, items: list, options, router: Router) -> Iterator:
+        """One ``Transcription`` (or ``FileError``) per input, in input order."""
+
+    def stream(self, item, options, router: Router) -> Iterator:
+        """One input's segments as they are decoded, then its ``Transcription`` (or a ``FileError``)."""
+
+    def claims(self, units: list, record, options) -> dict[int, float]:
+        """How sure adapter ``record`` is of its own language on each unit (by ``id``), from its own model."""
+
+    def combine(self, refs: list[str], how: str, weights) -> None:
+        """Make the combination of adapters ``refs`` resolvable (torch only)."""
 
     def detect(self, audio, candidates: list[str] | None = None, adapter: str | None = None) -> dict[str, float]:
         """Language probabilities of the first 30 s of ``audio`` (highest first), on the base or an adapter."""
 
     def decode(self, audio, language: str | None, options, adapter: str | None = None):
         """Raw segments of ``audio``: dicts with start, end (seconds in ``audio``), text, words and statistics."""
+
+    @property
+    def resident(self):
+        """The adapters held in memory now (peft adapter names, or references of compiled models)."""
+
+    def record(self, ref: str):
+        """The record of adapter ``ref`` (the registry's, or one added with ``add``); raises RegistryError."""
+
+    def add(self, record) -> None:
+        """Make an adapter that is not (yet) in the registry resolvable by its reference."""
 
     def resolve(self, ref: str):
         """(record, None) with the adapter ready to use, or (None, one-line warning): the run goes on with the base."""
@@ -108,90 +152,3 @@ def check_runtime_options(kind: str, options) -> None:
         raise TorchOnlyError(
             f"{flag} needs the torch runtime (the ct2 runtime has no such feature): use --runtime torch"
         )
-
-
-class TorchRuntime:
-    """The torch runtime: transformers' Whisper on the base, peft adapters in an ``AdapterPool``.
-
-    The engine's torch path uses ``decoder`` and ``pool`` directly (batched short clips, blocked long-form, mixed
-    batches, merges, combinations); the methods below are the common interface over them.
-    """
-
-    kind = "torch"
-
-    def __init__(self, base, registry=None, cache_size: int = 4):
-        from .decoding import Decoder
-        from .pool import AdapterPool
-
-        self.base = base
-        self.registry = registry
-        self.decoder = Decoder(base)
-        self.pool = AdapterPool(base, registry, cache_size)
-
-    @property
-    def languages(self) -> dict[str, int]:
-        return self.base.languages
-
-    def detect(self, audio, candidates=None, adapter=None) -> dict[str, float]:
-        from .pool import adapter_key
-
-        key = adapter_key(adapter) if adapter else None
-        if key:
-            self.pool.ensure(adapter)
-        with self.pool.active(key):
-            enc = self.decoder.encode(self.decoder.features([audio[: 30 * 16000]]))
-            return self.decoder.language_probs(enc, candidates)[0]
-
-    def decode(self, audio, language, options, adapter=None):
-        from .pool import adapter_key
-
-        key = adapter_key(adapter) if adapter else None
-        if key:
-            self.pool.ensure(adapter)
-        feats, mask = self.decoder.long_features(audio)
-        with self.pool.using([key]), self.pool.active(key):
-            rows = self.decoder.generate(
-                [language], options, features=feats, attention_mask=mask, prompt=options.initial_prompt
-            )
-        yield from rows[0]
-
-    def resolve(self, ref: str):
-        return self.pool.resolve(ref)
-
-    def unload(self, ref: str) -> None:
-        from .pool import adapter_key
-
-        key = adapter_key(ref)
-        if key in self.pool.resident and not self.pool.in_use.get(key):
-            del self.pool.resident[key]
-            self.pool.peft.delete_adapter(key)
-
-
-def build_engine(
-    base: str = "offline",
-    quantize: str = "auto",
-    device: str | None = None,
-    registry=None,
-    cache_size: int = 4,
-    runtime: str = "auto",
-    threads: int = 0,
-    options=None,
-    workers: int = 1,
-):
-    """An Engine over the runtime asked for (``auto``: ct2 on CPU, torch on CUDA or when ``options`` need torch)."""
-    from .engine import Engine
-
-    kind = resolve_runtime(runtime, device, options)
-    if kind == "ct2":
-        from .runtime_ct2 import CT2Runtime, load_ct2_base
-
-        rt = CT2Runtime(load_ct2_base(base, quantize, device), registry, cache_size, threads, workers)
-        return Engine(None, registry, cache_size, runtime=rt)
-    from ..base.loading import load_base, quiet_libraries
-
-    quiet_libraries()
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
-    return Engine(load_base(base, quantize, device), registry, cache_size=cache_size)
