@@ -77,24 +77,19 @@ def load_splits(recipe: Recipe, progress=None) -> tuple[Loaded, list[HeldOut]]:
     if d.source == "manifest":
         train_path, test_path = expand_path(d.train), expand_path(d.test)
         split_col = d.split_column
-        train = load_manifest(
-            train_path,
-            d.audio_column,
-            d.text_column,
-            language=lang,
-            split=d.train_split if split_col else None,
-            split_column=split_col,
-            speaker_column=d.speaker_column,
-        )
-        test = load_manifest(
-            test_path,
-            d.audio_column,
-            d.text_column,
-            language=lang,
-            split=d.test_split if split_col else None,
-            split_column=split_col,
-            speaker_column=d.speaker_column,
-        )
+
+        def rows(path, split):
+            return load_manifest(
+                path,
+                d.audio_column,
+                d.text_column,
+                language=lang,
+                split=split if split_col else None,
+                split_column=split_col,
+                speaker_column=d.speaker_column,
+            )
+
+        train, test = rows(train_path, d.train_split), rows(test_path, d.test_split)
         if split_col and Path(train_path).resolve() == Path(test_path).resolve() and d.train_split == d.test_split:
             raise ValueError(f"data.test_split: {d.test_split!r} is also the training split")
         if d.utterances:  # one utterance per clip: its speech span is its segment (timestamped labels)

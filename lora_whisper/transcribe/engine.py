@@ -177,8 +177,7 @@ class Engine:
 
     def _consult(self, owners: dict, records: list[AdapterRecord], options: TranscribeOptions) -> dict:
         """Adapter-consulted detection where the base is unsure (``routing.should_consult``): each candidate adapter
-        scores its own language on the audio, and ``routing.accept_claim`` decides. An adapter's encoder output is
-        kept for decoding (no second pass)."""
+        scores its own language on the audio (``runtime.claims``), and ``routing.accept_claim`` decides."""
         if options.adapter != "auto" or options.language or not records:
             return {}
         domains = [options.domain] if isinstance(options.domain, str) else list(options.domain or [])
@@ -218,6 +217,8 @@ class Engine:
         return decoding_for(self.runtime, ref, options)
 
     def result(self, item, units: list[Unit], segs: list[Segment], duration: float, options, warnings) -> Transcription:
+        """The row of one input: its first unit's route and probabilities (per-segment routing: the language spoken
+        longest), every unit's adapter, the decoded segments, the warnings once each."""
         first = units[0] if units else None
         r = first.route if first else Route(options.language, None, None, "no speech found (VAD)")
         probs = (first.probs or {}) if first else {}
