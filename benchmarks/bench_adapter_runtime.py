@@ -59,7 +59,8 @@ def main() -> None:
 
     from lora_whisper.adapters.registry import Registry
     from lora_whisper.scoring import score
-    from lora_whisper.transcribe.engine import TranscribeOptions, build_engine
+    from lora_whisper.transcribe.engine import TranscribeOptions
+    from lora_whisper.transcribe.runtime import build_engine
     from lora_whisper.transcribe.runtime_ct2 import fw_options
 
     reg = Registry(a.registry)

@@ -170,7 +170,8 @@ def main() -> None:
 
     from lora_whisper.adapters.registry import Registry
     from lora_whisper.train.data import load_manifest, validate
-    from lora_whisper.transcribe.engine import TranscribeOptions, build_engine
+    from lora_whisper.transcribe.engine import TranscribeOptions
+    from lora_whisper.transcribe.runtime import build_engine
 
     sections = set(args.sections.split(","))
     reg = Registry(args.registry)

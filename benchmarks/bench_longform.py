@@ -162,7 +162,7 @@ def main() -> None:
 
     engines = {}
     if "ct2" in systems:
-        from lora_whisper.transcribe.engine import build_engine
+        from lora_whisper.transcribe.runtime import build_engine
 
         engines["ct2"] = build_engine("offline", "auto", "cpu", None, runtime="ct2", threads=args.threads)
     if "torch" in systems:

@@ -37,7 +37,8 @@ def main() -> None:
 
     from lora_whisper.transcribe.audio import load_audio
     from lora_whisper.transcribe.decoding import Decoder
-    from lora_whisper.transcribe.engine import TranscribeOptions, build_engine
+    from lora_whisper.transcribe.engine import TranscribeOptions
+    from lora_whisper.transcribe.runtime import build_engine
     from lora_whisper.transcribe.runtime_ct2 import fw_options, load_ct2_base
 
     options = TranscribeOptions(adapter="none")

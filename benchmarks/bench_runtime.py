@@ -63,7 +63,8 @@ def main() -> None:
     seconds = sum(m.get("duration_s", 0) for m in manifest)
 
     from lora_whisper.transcribe.audio import load_audio
-    from lora_whisper.transcribe.engine import TranscribeOptions, build_engine
+    from lora_whisper.transcribe.engine import TranscribeOptions
+    from lora_whisper.transcribe.runtime import build_engine
     from lora_whisper.transcribe.runtime_ct2 import fw_options, load_ct2_base
 
     options = TranscribeOptions(adapter="none")
@@ -181,7 +182,8 @@ def main() -> None:
 
 def only(a, files, audios, manifest, options) -> None:
     """One system in this process: its time, WER and the whole process's peak RSS (nothing else loaded)."""
-    from lora_whisper.transcribe.engine import TranscribeOptions, build_engine
+    from lora_whisper.transcribe.engine import TranscribeOptions
+    from lora_whisper.transcribe.runtime import build_engine
 
     warm = [("warm", audios[0][:16000])]
     if a.only == "fw":

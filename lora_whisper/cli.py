@@ -43,7 +43,7 @@ def _engine(ctx, quantize: str | None = None, options=None):
     """The engine over the runtime the global options ask for (``--runtime``; auto: ct2 on CPU, torch on CUDA)."""
     from .adapters.registry import RegistryError
     from .base.loading import BaseModelError
-    from .transcribe.engine import build_engine
+    from .transcribe.runtime import build_engine
 
     o = ctx.obj
     try:
@@ -141,7 +141,7 @@ def main(ctx, registry, base, quantize, device, runtime, threads, workers, cache
     Inference runs on CTranslate2 (faster-whisper's pipeline) on CPU and on torch on CUDA; see --runtime.
     """
     _setup_logging(verbose)
-    # torch's libraries are quieted where they load (base.load_model, engine.build_engine): a ct2 run never
+    # torch's libraries are quieted where they load (base.load_model, runtime.build_engine): a ct2 run never
     # imports them
     ctx.obj = dict(
         registry=registry,

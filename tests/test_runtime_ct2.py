@@ -13,8 +13,8 @@ from conftest import file_adapter, file_keep_and_drop
 
 from lora_whisper.adapters.compile import COMPILED_DIR, compile_adapter, find_compiled, list_compiled
 from lora_whisper.adapters.registry import Registry
-from lora_whisper.transcribe.engine import TranscribeOptions, build_engine
-from lora_whisper.transcribe.runtime import TorchOnlyError, resolve_runtime
+from lora_whisper.transcribe.engine import TranscribeOptions
+from lora_whisper.transcribe.runtime import TorchOnlyError, build_engine, resolve_runtime
 from lora_whisper.transcribe.runtime_ct2 import fw_options, load_ct2_base
 
 OPTS = dict(max_new_tokens=8, temperature=(0.0,))  # a random tiny model fails every fallback check: stay greedy
@@ -279,7 +279,7 @@ def test_a_decoder_only_adapters_detection_reuses_the_bases_encoder_output(engin
 
 def test_torch_runtime_speaks_the_same_interface(tiny_base, wavs):
     from lora_whisper.transcribe.audio import load_audio
-    from lora_whisper.transcribe.runtime_torch import TorchRuntime
+    from lora_whisper.transcribe.runtime import TorchRuntime
 
     rt = TorchRuntime(tiny_base)
     audio = load_audio(wavs["good"])

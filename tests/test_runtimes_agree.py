@@ -6,7 +6,8 @@ import pytest
 from conftest import file_adapter
 
 from lora_whisper.adapters.registry import Registry
-from lora_whisper.transcribe.engine import FileError, TranscribeOptions, Transcription, build_engine
+from lora_whisper.transcribe.engine import FileError, TranscribeOptions, Transcription
+from lora_whisper.transcribe.runtime import build_engine
 
 OPTS = dict(max_new_tokens=8, temperature=(0.0,))  # a random tiny model fails every fallback check: stay greedy
 

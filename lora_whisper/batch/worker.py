@@ -65,7 +65,8 @@ class _Worker:
 
     def __init__(self):
         from ..adapters.registry import Registry
-        from ..transcribe.engine import TranscribeOptions, build_engine
+        from ..transcribe.engine import TranscribeOptions
+        from ..transcribe.runtime import build_engine
 
         spec, options = self.settings["spec"], self.settings["options"]
         mode, fault = self.settings.get("mode", "transcribe"), self.settings.get("fault")

@@ -123,7 +123,7 @@ def _api_key(api_key_file: str | None) -> str | None:
 def _load_engine(o: dict, defaults: dict):
     """The Engine the global options ask for; one line, not a traceback, when the base cannot be loaded."""
     from ..adapters.registry import Registry
-    from ..transcribe.engine import build_engine
+    from ..transcribe.runtime import build_engine
 
     try:
         return build_engine(

@@ -1,12 +1,12 @@
 """The engine: inputs -> detect -> route -> decode -> rows, over one runtime.
 
-The engine routes; the runtime (``runtime.Runtime``: ``runtime_torch.TorchRuntime`` or ``runtime_ct2.CT2Runtime``)
-does everything that differs between them. The walk of one input: the engine checks and validates the options and
-hands the input to ``runtime.stream`` (or a list to ``runtime.transcribe``); the runtime reads it (in blocks when long),
-optionally keeps only speech (VAD), cuts it into units and detects the language on its first 30 s of speech; it calls
-back ``route_units`` here (``routing.route``, a pure function, and adapter-consulted detection through
-``runtime.claims`` when the base is unsure), decodes each unit with its routed adapter, and has ``result`` here build
-the input's row. Segments come out as they are decoded (``stream``).
+The engine routes; the runtime (``runtime_protocol.Runtime``: ``runtime_torch.TorchRuntime`` or
+``runtime_ct2.CT2Runtime``) does everything that differs between runtimes. The walk of one input: the engine checks
+and validates the options and hands the input to ``runtime.stream`` (or a list to ``runtime.transcribe``); the runtime
+reads it (in blocks when long), optionally keeps only speech (VAD), cuts it into units and detects the language on
+its first 30 s of speech; it calls back ``route_units`` here (``routing.route``, a pure function, and
+adapter-consulted detection through ``runtime.claims`` when the base is unsure), decodes each unit with its routed
+adapter, and has ``result`` here build the input's row. Segments come out as they are decoded (``stream``).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from .options import LONG_FORM_MODES, TranscribeOptions
 from .pool import adapter_key
 from .results import Detection, FileError, Transcription
 from .routing import Route, RouteRequest, accept_claim, route, should_consult
-from .runtime import Runtime, resolve_runtime
+from .runtime_protocol import Runtime
 from .segments import Segment, Word
 from .units import D, Unit, decoding_for, input_name
 
@@ -37,15 +37,14 @@ __all__ = [
     "Transcription",
     "Word",
     "adapter_key",
-    "build_engine",
 ]
 
 
 class Engine:
-    """Inputs -> detect -> route -> decode -> rows, over one runtime (``runtime.Runtime``).
+    """Inputs -> detect -> route -> decode -> rows, over one runtime (``runtime_protocol.Runtime``).
 
     ``Engine(base, registry)`` runs on the torch runtime (a loaded ``Base``); ``Engine(None, registry,
-    runtime=CT2Runtime(...))`` on the CTranslate2 one (``build_engine`` picks). Routing (``routing.route``,
+    runtime=CT2Runtime(...))`` on the CTranslate2 one (``runtime.build_engine`` picks). Routing (``routing.route``,
     adapter-consulted detection, the fallback to the base, combinations) and the rows are written here once; how
     inputs are cut, batched, detected and decoded is the runtime's (``transcribe`` / ``stream``), which calls back
     ``candidates``, ``route_units`` and ``result``.
@@ -243,30 +242,3 @@ class Engine:
             segments=segs,
             warnings=list(dict.fromkeys(warnings)),
         )
-
-
-def build_engine(
-    base: str = "offline",
-    quantize: str = "auto",
-    device: str | None = None,
-    registry=None,
-    cache_size: int = 4,
-    runtime: str = "auto",
-    threads: int = 0,
-    options=None,
-    workers: int = 1,
-) -> Engine:
-    """An Engine over the runtime asked for (``auto``: ct2 on CPU, torch on CUDA or when ``options`` need torch)."""
-    if resolve_runtime(runtime, device, options) == "ct2":
-        from .runtime_ct2 import CT2Runtime, load_ct2_base
-
-        rt = CT2Runtime(load_ct2_base(base, quantize, device), registry, cache_size, threads, workers)
-        return Engine(None, registry, cache_size, runtime=rt)
-    from ..base.loading import load_base, quiet_libraries
-
-    quiet_libraries()
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
-    return Engine(load_base(base, quantize, device), registry, cache_size=cache_size)

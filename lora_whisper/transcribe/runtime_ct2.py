@@ -30,7 +30,7 @@ from ..adapters.compile import Compiled, compile_adapter, find_compiled
 from ..adapters.registry import AdapterRecord, Registry, RegistryError, ResolvesAdapters
 from .audio import AudioError
 from .results import FileError
-from .runtime import Router, TorchOnlyError, check_runtime_options, cuda_count
+from .runtime_protocol import Router, TorchOnlyError, check_runtime_options, cuda_count
 from .segments import WINDOW_SECONDS, Piece, Segment, Word, failed_window
 from .units import Unit, decoding_for, head, input_name, join, pieces, read
 

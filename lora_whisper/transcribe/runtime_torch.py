@@ -20,7 +20,7 @@ from .audio import SAMPLE_RATE, AudioError
 from .options import TranscribeOptions
 from .pool import adapter_key
 from .results import FileError, Transcription
-from .runtime import Router, check_runtime_options
+from .runtime_protocol import Router, check_runtime_options
 from .segments import DecodeOptions, Piece, Segment, Word, failed_window
 from .units import (
     Unit,
