@@ -59,14 +59,13 @@ def build_engine(
     return Engine(load_base(base, quantize, device), registry, cache_size=cache_size)
 
 
+_LAZY = {"TorchRuntime": "runtime_torch", "CT2Runtime": "runtime_ct2"}
+"""Runtime classes importable from here, imported when asked for (torch's only for the torch one)."""
+
+
 def __getattr__(name: str):
-    """``runtime.TorchRuntime`` / ``runtime.CT2Runtime``, imported when asked for (torch only for the torch one)."""
-    if name == "TorchRuntime":
-        from .runtime_torch import TorchRuntime
+    if name in _LAZY:
+        import importlib
 
-        return TorchRuntime
-    if name == "CT2Runtime":
-        from .runtime_ct2 import CT2Runtime
-
-        return CT2Runtime
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __package__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
