@@ -63,7 +63,9 @@ def print_replay(rows, records, consult_below):
     totals: dict = defaultdict(Counter)
     for (s, lang), c in sorted(res.items()):
         kind = "own" if lang in own else ("calibrated" if lang in calibrated else "held out")
-        print(f"{s:<8}{lang:<6}{kind:<11}{c['_n']:>5}" + "".join(f"{c[n]:>22}" for n in names) + f"{c['_consulted']:>7}")
+        print(
+            f"{s:<8}{lang:<6}{kind:<11}{c['_n']:>5}" + "".join(f"{c[n]:>22}" for n in names) + f"{c['_consulted']:>7}"
+        )
         totals[kind].update(c)
     for kind, c in totals.items():
         if kind != "own":

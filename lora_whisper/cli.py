@@ -637,6 +637,10 @@ def train(ctx, language, domain, recipe_path, overrides, resume, no_progress):
     click.echo(f"measured  on {result.record.figures} ({result.record.metrics.get('held_out')} clips)")
     if result.record.inactive_reason:  # the library has logged the warning; the summary says it once more, on stdout
         click.echo(f"routing   INACTIVE ({result.record.inactive_reason}); --adapter {result.record.name} forces it")
+    if result.step_seconds:
+        from .train.steps import step_table
+
+        click.echo(step_table(result.step_seconds))
 
 
 @main.command("export")

@@ -78,10 +78,9 @@ def _spy_generate(engine, what) -> list:
 
 
 def test_long_input_is_decoded_in_blocks_with_times_inside(tiny_base, monkeypatch):
-    from lora_whisper.transcribe import decoding
-    from lora_whisper.transcribe import engine as eng
+    from lora_whisper.transcribe import decoding, units
 
-    monkeypatch.setattr(eng, "BLOCK_SECONDS", 40.0)
+    monkeypatch.setattr(units, "BLOCK_SECONDS", 40.0)
     monkeypatch.setattr(decoding, "BLOCK_SECONDS", 40.0)
     rng = np.random.default_rng(1)
     audio = (0.1 * rng.standard_normal(16000 * 95)).astype(np.float32)
@@ -100,10 +99,9 @@ def test_long_input_is_decoded_in_blocks_with_times_inside(tiny_base, monkeypatc
 def test_next_block_is_prompted_with_the_tokens_before_it(tiny_base, monkeypatch):
     """Across a block edge the prompt is the decoded tokens (timestamps included), as Whisper's; off without
     condition_on_previous_text."""
-    from lora_whisper.transcribe import decoding
-    from lora_whisper.transcribe import engine as eng
+    from lora_whisper.transcribe import decoding, units
 
-    monkeypatch.setattr(eng, "BLOCK_SECONDS", 40.0)
+    monkeypatch.setattr(units, "BLOCK_SECONDS", 40.0)
     monkeypatch.setattr(decoding, "BLOCK_SECONDS", 40.0)
     audio = (0.1 * np.random.default_rng(3).standard_normal(16000 * 95)).astype(np.float32)
     e = Engine(tiny_base)

@@ -72,6 +72,22 @@ def test_short_training_files_a_complete_record(tiny_model_dir, tmp_path):
     assert json.loads((rec.path / "adapter_config.json").read_text())["base_model_name_or_path"] == TINY_HUB_ID
     assert (tmp_path / "run" / "runs").is_dir()  # TensorBoard event files
     assert "WER" in res.stdout and "fr-medical@1" in res.stdout
+    # each step's wall time: filed in the record (all but the filing, which writes it) and printed as a table
+    steps = rec.metrics["step_seconds"]
+    assert list(steps) == [
+        "base",
+        "data",
+        "base scoring",
+        "encoder cache",
+        "fit",
+        "save",
+        "adapter scoring",
+        "calibration",
+    ]
+    assert all(s >= 0 for s in steps.values()) and steps["fit"] > 0
+    table = res.stdout[res.stdout.index("step ") :].splitlines()
+    assert [line.split()[0] for line in table[1:-1]] == [*[s.split()[0] for s in steps], "filing"]
+    assert table[-1].startswith("total")
     # training the same pair again makes version 2, active
     assert (
         _train(tiny_model_dir, tmp_path, "--set", "train.max_steps=1", "--set", "eval.skip_before=true").exit_code == 0

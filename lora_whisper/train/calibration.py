@@ -44,7 +44,9 @@ def load_negatives(
         if path.is_dir():
             loaded = load_folder(path)
         else:
-            loaded = load_manifest(path, split=split, split_column="split" if split and has_column(path, "split") else None)
+            loaded = load_manifest(
+                path, split=split, split_column="split" if split and has_column(path, "split") else None
+            )
         rows = [
             e
             for e in loaded.examples
@@ -54,7 +56,6 @@ def load_negatives(
             rows = random.Random(f"{seed}:{src}").sample(rows, max_per_source)
         out += validate(type(loaded)(rows)).examples
     return out
-
 
 
 def measure(runtime, adapter: str, examples: list[Example], language: str, progress=None):

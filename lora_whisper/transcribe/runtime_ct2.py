@@ -28,7 +28,11 @@ import numpy as np
 
 from ..adapters.compile import Compiled, compile_adapter, find_compiled
 from ..adapters.registry import AdapterRecord, Registry, RegistryError, ResolvesAdapters
-from .segments import WINDOW_SECONDS, Word
+from .audio import AudioError
+from .results import FileError
+from .runtime_protocol import Router, TorchOnlyError, check_runtime_options, cuda_count
+from .segments import WINDOW_SECONDS, Piece, Segment, Word, failed_window
+from .units import Unit, decoding_for, head, input_name, join, pieces, read
 
 logger = logging.getLogger("lora_whisper")
 
@@ -80,7 +84,6 @@ def load_ct2_base(name: str = "offline", quantize: str | None = "auto", device: 
         resolve_base,
         weights_fingerprint,
     )
-    from .runtime import cuda_count
 
     quant = ct2_quantization(quantize)
     device = pick_device(device, cuda_count=cuda_count())  # checks the name (cpu, cuda, cuda:N) without torch
@@ -131,6 +134,10 @@ def fw_options(options, language: str | None) -> dict:
 
 class CT2Runtime(ResolvesAdapters):
     """Detect, decode, load/unload an adapter, on CTranslate2 models through faster-whisper.
+
+    How it walks inputs: one file at a time (``workers`` at once on threads), each read whole, detected on its first
+    30 s of speech (base model), routed by the engine, and handed whole to faster-whisper's ``transcribe`` on the
+    routed model (``stream``).
 
     Args:
         base: from ``load_ct2_base``.
@@ -250,6 +257,19 @@ class CT2Runtime(ResolvesAdapters):
     def unload(self, ref: str) -> None:
         self.models.pop(ref, None)
 
+    @property
+    def resident(self):
+        """References of the compiled adapter models held now (least recently used first)."""
+        return self.models
+
+    def combine(self, refs: list[str], how: str, weights) -> None:
+        raise TorchOnlyError(
+            "--combine needs the torch runtime (the ct2 runtime has no such feature): use --runtime torch"
+        )
+
+    def check(self, options) -> None:
+        check_runtime_options(self.kind, options)
+
     def model_for(self, ref: str | None):
         if ref is None:
             return self.model
@@ -336,3 +356,106 @@ class CT2Runtime(ResolvesAdapters):
                 if s.words is None
                 else [Word(float(w.start), float(w.end), w.word, float(w.probability)) for w in s.words],
             }
+
+    # ---- inputs ---------------------------------------------------------------------------------------------------
+    def claims(self, units: list[Unit], record: AdapterRecord, options) -> dict[int, float]:
+        """How sure adapter ``record`` is of its own language on each unit (by ``id``), from its compiled model."""
+        return {id(u): self.detect(u.piece.audio, None, adapter=record.ref).get(record.language, 0.0) for u in units}
+
+    def detect_inputs(self, items: list, options, candidates) -> Iterator[tuple | FileError]:
+        for item in items:
+            try:
+                audio = read(item, options)
+            except AudioError as e:
+                yield FileError(input_name(item), str(e))
+                continue
+            first = _head(audio, options)
+            yield item, (self.detect(first.audio, candidates) if first is not None else {})
+
+    def transcribe(self, items: list, options, router: Router) -> Iterator:
+        """Inputs in input order; with ``workers`` > 1 that many decode at once on Python threads (CTranslate2 and
+        the audio decoders release the GIL), one replica of the model each."""
+
+        def final(item):
+            return [r for r in self.stream(item, options, router) if not isinstance(r, Segment)][-1]
+
+        workers, pool = min(self.workers, len(items)), None
+        if workers > 1:
+            from concurrent.futures import ThreadPoolExecutor
+
+            pool = ThreadPoolExecutor(workers, thread_name_prefix="ct2-file")
+        try:
+            yield from pool.map(final, items) if pool else map(final, items)
+        finally:
+            if pool:
+                pool.shutdown(cancel_futures=True)
+
+    def stream(self, item, options, router: Router) -> Iterator:
+        """One input: detect on its first 30 s of speech (base model), route (the engine: adapter-consulted detection
+        on compiled adapters when the base is unsure), decode the whole input with faster-whisper's ``transcribe`` on
+        the routed model; segments come out as faster-whisper yields them."""
+        try:
+            audio = read(item, options)
+        except AudioError as e:
+            yield FileError(input_name(item), str(e))
+            return
+        duration = round(len(audio) / SAMPLE_RATE, 3)
+        first = _head(audio, options)
+        if first is None:
+            yield router.result(item, [], [], duration, options, [])
+            return
+        unit = Unit(0, first)
+        if not options.language:
+            unit.probs = self.detect(first.audio, router.candidates(options))
+        warnings: dict[int, list[str]] = {}
+        router.route_units([unit], options, warnings)
+        segs: list[Segment] = []
+        options = decoding_for(self, unit.route.adapter, options)
+        for raw in self.decode(audio, unit.route.language, options, unit.route.adapter):
+            if not raw["text"] or (options.drop_failed and failed_window(raw, options)):
+                continue
+            seg = _segment(raw, unit, len(audio) / SAMPLE_RATE)
+            segs.append(seg)
+            yield seg
+        yield router.result(item, [unit], segs, duration, options, warnings.get(0, []))
+
+
+def _head(audio: np.ndarray, options) -> Piece | None:
+    """The first 30 s (of speech, with VAD) that detection and routing look at; None when VAD finds no speech."""
+    n = int(WINDOW_SECONDS * SAMPLE_RATE)
+    if not options.vad:
+        return Piece(audio[:n], 0.0)
+    speech = join(pieces(audio[: 4 * n], 0.0, options, split=False), 0.0)
+    return None if speech is None else head(speech)
+
+
+def _segment(raw: dict, unit: Unit, length: float) -> Segment:
+    """One faster-whisper segment as a row, inside the file (its words inside the segment)."""
+    r = unit.route
+    start = round(min(raw["start"], length), 3)
+    end = round(max(start, min(raw["end"], length)), 3)
+    words = None
+    if raw["words"] is not None:
+        words = [
+            Word(
+                round(min(max(w.start, start), end), 3),
+                round(min(max(w.end, start), end), 3),
+                w.word,
+                w.probability,
+            )
+            for w in raw["words"]
+        ]
+    return Segment(
+        start,
+        end,
+        raw["text"],
+        r.language,
+        r.probability,
+        r.adapter,
+        False,  # ``merged`` reports --merge (torch); a compiled adapter's merge is how ct2 runs every adapter
+        words,
+        raw["avg_logprob"],
+        raw["compression_ratio"],
+        raw["no_speech_prob"],
+        raw["temperature"],
+    )
