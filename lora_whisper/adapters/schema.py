@@ -79,8 +79,9 @@ def _bounded_repr() -> reprlib.Repr:
 _REPR = _bounded_repr()
 
 
-def _show(v) -> str:
-    return _REPR.repr(v)
+def show(value) -> str:
+    """A bounded repr for messages (recipes, records, options): a YAML alias bomb is never printed whole."""
+    return _REPR.repr(value)
 
 
 class _Checker:
@@ -90,7 +91,7 @@ class _Checker:
         self.data, self.problems = data, []
 
     def bad(self, where: str, expected: str, value) -> None:
-        self.problems.append(f"{where}: expected {expected}, got {_show(value)}")
+        self.problems.append(f"{where}: expected {expected}, got {show(value)}")
 
     def section(self, key: str) -> dict:
         """The object at ``key``; {} when absent, null or not an object (``FIELD_TYPES`` reports the last)."""
@@ -138,7 +139,7 @@ def _top(c: _Checker, d: dict) -> None:
     name, version, language, domain = d.get("name"), d.get("version"), d.get("language"), d.get("domain")
     if name not in (None, "") and not (NAME_RE.match(name) and ".." not in name):
         c.problems.append(
-            f"name: {_show(name)} is not allowed: use 1-64 lower-case letters, digits, '.', '_' or '-', starting with "
+            f"name: {show(name)} is not allowed: use 1-64 lower-case letters, digits, '.', '_' or '-', starting with "
             "a letter or digit"
         )
     if version is not None and version < 0:

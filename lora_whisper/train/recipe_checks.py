@@ -9,10 +9,10 @@ import dataclasses
 import math
 import os
 import re
-import reprlib
 
 from ..adapters.lora import TARGET_MODULES
 from ..adapters.schema import DOMAIN_RE, NAME_RE, WHISPER_LANGUAGES
+from ..adapters.schema import show as _show
 from ..transcribe.segments import MAX_BEAM_SIZE, filed_beam_size
 
 PRECISIONS = ("fp32", "fp16", "bf16")
@@ -49,20 +49,6 @@ def _check_values(value, where: str, seen: set) -> list[str]:
     if isinstance(value, float) and not math.isfinite(value):
         return [f"{where}: must be a finite number, got {_show(value)}"]
     return []
-
-
-def _bounded_repr() -> reprlib.Repr:
-    r = reprlib.Repr()  # keyword arguments need Python 3.12
-    r.maxlevel, r.maxlist, r.maxtuple, r.maxdict, r.maxstring, r.maxother = 2, 4, 4, 4, 60, 60
-    return r
-
-
-_REPR = _bounded_repr()
-
-
-def _show(value) -> str:
-    """A bounded repr for messages: a YAML alias bomb must not be printed a billion times."""
-    return _REPR.repr(value)
 
 
 def _num(v, low: float | None = None, high: float | None = None, low_open: bool = False) -> bool:

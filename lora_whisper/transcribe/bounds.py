@@ -6,8 +6,8 @@ long-form mode, batching); this module keeps the numbers."""
 from __future__ import annotations
 
 import math
-import reprlib
 
+from ..adapters.schema import show as _show
 from .segments import MAX_BEAM_SIZE
 
 MAX_BATCH_SIZE = 256
@@ -86,16 +86,3 @@ def check(options) -> None:
     """Raise ValueError naming every option out of bounds (one line)."""
     if bad := problems(options):
         raise ValueError("; ".join(bad))
-
-
-def _bounded_repr() -> reprlib.Repr:
-    r = reprlib.Repr()  # keyword arguments need Python 3.12
-    r.maxlevel, r.maxlist, r.maxtuple, r.maxdict, r.maxstring, r.maxother = 2, 4, 4, 4, 60, 60
-    return r
-
-
-_REPR = _bounded_repr()
-
-
-def _show(v) -> str:
-    return _REPR.repr(v)

@@ -20,7 +20,7 @@ from .audio import expand_inputs
 from .options import LONG_FORM_MODES, TranscribeOptions
 from .pool import adapter_key
 from .results import Detection, FileError, Transcription
-from .routing import Route, RouteRequest, accept_claim, route, should_consult
+from .routing import Route, RouteRequest, consult, decide
 from .runtime_protocol import Runtime
 from .segments import Segment, Word
 from .units import D, Unit, decoding_for, input_name
@@ -145,13 +145,10 @@ class Engine:
         for j, u in enumerate(units):
             key = j if options.per_segment else u.file
             owners.setdefault(key, []).append(u)
-        consulted = self._consult(owners, records, options)
+        claims = self._consult(owners, records, options)
         for key, members in owners.items():
-            if key in consulted:
-                r = consulted[key]
-            else:
-                r = route(members[0].probs or None, records, request)
-                r = self._resolve_route(r, options, warnings.setdefault(members[0].file, []))
+            r = decide(members[0].probs or None, claims.get(key, {}), records, request)
+            r = self._resolve_route(r, options, warnings.setdefault(members[0].file, []))
             for u in members:
                 u.route = Route(r.language, r.probability, r.adapter, r.reason)
 
@@ -175,40 +172,28 @@ class Engine:
         return r
 
     def _consult(self, owners: dict, records: list[AdapterRecord], options: TranscribeOptions) -> dict:
-        """Adapter-consulted detection where the base is unsure (``routing.should_consult``): each candidate adapter
-        scores its own language on the audio (``runtime.claims``), and ``routing.accept_claim`` decides."""
+        """Adapter-consulted detection: each candidate adapter that may win a unit (``routing.consult``) scores its
+        own language on it (``runtime.claims``); ``routing.decide`` then weighs the claims. Returns, per owner key,
+        adapter ref -> the adapter's probability of its own language; adapters that cannot win are never run."""
         if options.adapter != "auto" or options.language or not records:
             return {}
         domains = [options.domain] if isinstance(options.domain, str) else list(options.domain or [])
         cands = [r for r in records if r.active and ((r.domain in domains) if domains else not r.domain)]
         if options.languages:
             cands = [r for r in cands if r.language in options.languages]
-        unsure = {
-            k: m for k, m in owners.items() if m[0].probs and should_consult(m[0].probs, options.consult_below, cands)
+        asked = {
+            k: {r.ref for r in consult(m[0].probs, cands, options.consult_below)}
+            for k, m in owners.items()
+            if m[0].probs
         }
-        if not unsure or not cands:
-            return {}
-        first = [m[0] for m in unsure.values()]
-        best: dict = {}
+        out: dict = {}
         for rec in cands:
-            got, _warn = self.runtime.resolve(rec.ref)
-            if got is None:
+            keys = [k for k, refs in asked.items() if rec.ref in refs]
+            if not keys or self.runtime.resolve(rec.ref)[0] is None:
                 continue
-            own = self.runtime.claims(first, rec, options)
-            for k, members in unsure.items():
-                score = own[id(members[0])]
-                if accept_claim(members[0].probs, rec, score) and score > best.get(k, (0.0, None))[0]:
-                    best[k] = (score, rec)
-        out = {}
-        for k, (score, rec) in best.items():
-            base_top = unsure[k][0].probs
-            lang0 = max(base_top, key=base_top.get)
-            out[k] = Route(
-                rec.language,
-                score,
-                rec.ref,
-                f"base unsure ({lang0} {base_top[lang0]:.2f}); adapter {rec.ref} recognises {rec.language} ({score:.2f})",
-            )
+            own = self.runtime.claims([owners[k][0] for k in keys], rec, options)
+            for k in keys:
+                out.setdefault(k, {})[rec.ref] = own[id(owners[k][0])]
         return out
 
     def decoding_for(self, ref: str | None, options: D) -> D:
