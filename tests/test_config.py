@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -9,8 +10,8 @@ RECIPES = sorted((Path(__file__).parents[1] / "recipes").glob("*.yaml"))
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
 def test_every_recipe_loads_and_names_its_command(path, monkeypatch):
-    monkeypatch.setenv("CV_FA_MANIFEST", "manifest.jsonl")
-    monkeypatch.setenv("CV_EN_MANIFEST", "manifest.jsonl")  # recipes for user data name it through the environment
+    for var in ("CV_FA_MANIFEST", "CV_UR_MANIFEST", "CV_OTHER_MANIFEST", "CV_EN_MANIFEST"):
+        monkeypatch.setenv(var, "manifest.jsonl")  # recipes for user data name it through the environment
     recipe = load_recipe(path)
     first = path.read_text().splitlines()[0]
     assert first.startswith("# lora-whisper train"), first
@@ -135,21 +136,32 @@ def test_gpu_recipe_for_persian_validates():
     assert r.calibration.negatives and all((Path(__file__).parents[1] / p).is_file() for p in r.calibration.negatives)
 
 
-def test_persian_cpu_recipe_takes_its_manifest_from_the_environment(monkeypatch, tmp_path):
-    monkeypatch.setenv("CV_FA_MANIFEST", str(tmp_path / "m.jsonl"))
-    monkeypatch.delenv("CV_EN_MANIFEST", raising=False)
-    recipe = Path(__file__).parents[1] / "recipes" / "fa-commonvoice.yaml"
-    default = load_recipe(recipe)  # the shipped contrast and calibration clips, found from the repository root
-    assert default.data.contrast == ["recipes/contrast/manifest.jsonl", "recipes/contrast-tts/manifest.jsonl"]
-    root = Path(__file__).parents[1]
-    assert all((root / p).is_file() for p in default.data.contrast + default.calibration.negatives)
-    assert "recipes/contrast-tts/calibration.jsonl" in default.calibration.negatives
-    with pytest.raises(RecipeError, match=r"data.contrast: environment variable CV_EN_MANIFEST is not set"):
-        load_recipe(recipe, ['data.contrast=["${CV_EN_MANIFEST}"]'])
-    monkeypatch.setenv("CV_EN_MANIFEST", str(tmp_path / "en.jsonl"))
-    r = load_recipe(recipe, ['data.contrast=["${CV_EN_MANIFEST}"]'])
+@pytest.mark.parametrize("lang,rival", [("fa", "ur"), ("ur", "fa")])
+def test_real_language_recipes_read_three_manifests_from_the_environment(lang, rival, monkeypatch, tmp_path):
     from lora_whisper.train.recipe import expand_path
 
-    assert [expand_path(c) for c in r.data.contrast] == [str(tmp_path / "en.jsonl")]
-    assert r.language == "fa" and r.base.quantize == "int8" and r.data.validation > 0 and r.data.test_split == "dev"
-    assert expand_path(r.data.train) == str(tmp_path / "m.jsonl")
+    env = {v: str(tmp_path / f"{v}.jsonl") for v in ("CV_FA_MANIFEST", "CV_UR_MANIFEST", "CV_OTHER_MANIFEST")}
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.delenv("CV_EN_MANIFEST", raising=False)
+    path = Path(__file__).parents[1] / "recipes" / f"{lang}-commonvoice.yaml"
+    r = load_recipe(path)
+    own, other = env[f"CV_{lang.upper()}_MANIFEST"], env[f"CV_{rival.upper()}_MANIFEST"]
+    assert r.language == lang and r.output.name == f"{lang}-commonvoice" and r.base.quantize == "int8"
+    assert expand_path(r.data.train) == own and expand_path(r.data.test) == own and r.data.test_split == "dev"
+    # the rival language's real speech and the other languages' are contrast and calibration negatives, train split
+    # only (its dev speakers stay unheard), and every variable the recipe names is one of the three
+    assert {expand_path(c) for c in r.data.contrast} >= {other, env["CV_OTHER_MANIFEST"]}
+    assert {expand_path(c) for c in r.calibration.negatives} >= {other, env["CV_OTHER_MANIFEST"]}
+    assert set(re.findall(r"\$\{(\w+)\}", path.read_text())) == set(env)
+    assert r.data.contrast_split == ["train", "other"] == r.calibration.split
+    assert rival in r.data.contrast_languages and rival in r.calibration.languages and "hi" in r.calibration.languages
+    # half of the 24 languages of the other-language set are never trained or calibrated on: routing is measured
+    # on them, as it will be checked on languages nobody here has
+    other_set = set("tt mt hi pa ta ru it nl pl id ca cy eu ka mn el vi zh ja th ro cs hu fi".split())
+    assert len(other_set - set(r.calibration.languages) - set(r.data.contrast_languages)) == 12
+    root = Path(__file__).parents[1]
+    assert all((root / p).is_file() for p in r.data.contrast + r.calibration.negatives if "$" not in p)
+    monkeypatch.delenv(f"CV_{rival.upper()}_MANIFEST")
+    with pytest.raises(RecipeError, match=rf"data.contrast: environment variable CV_{rival.upper()}_MANIFEST"):
+        load_recipe(path)

@@ -213,6 +213,13 @@ def _check_calibration(r) -> list[str]:
     c = r.calibration
     if not isinstance(c.negatives, list) or not all(isinstance(x, str) and x for x in c.negatives):
         p.append(f"calibration.negatives: expected a list of paths, got {_show(c.negatives)}")
+    else:
+        for v in c.negatives:
+            if unset := _unset_vars(v):
+                p.append(
+                    f"calibration.negatives: environment variable {unset[0]} is not set; export it or pass "
+                    "--set calibration.negatives=[PATH]"
+                )
     if not isinstance(c.max_per_source, int) or c.max_per_source < 1:
         p.append(f"calibration.max_per_source: must be a positive integer, got {_show(c.max_per_source)}")
     if not _num(c.margin, 1):
