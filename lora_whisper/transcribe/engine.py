@@ -4,8 +4,9 @@ The engine routes; the runtime (``runtime_protocol.Runtime``: ``runtime_torch.To
 ``runtime_ct2.CT2Runtime``) does everything that differs between runtimes. The walk of one input: the engine checks
 and validates the options and hands the input to ``runtime.stream`` (or a list to ``runtime.transcribe``); the runtime
 reads it (in blocks when long), optionally keeps only speech (VAD), cuts it into units and detects the language on
-its first 30 s of speech; it calls back ``route_units`` here (``routing.route``, a pure function, and
-adapter-consulted detection through ``runtime.claims`` when the base is unsure), decodes each unit with its routed
+its first 30 s of speech; it calls back ``route_units`` here (``routing.consult`` says which adapters may win,
+``runtime.claims`` runs only those, ``routing.decide`` weighs their claims against the base's detection: pure
+functions, docs/routing.md), decodes each unit with its routed
 adapter, and has ``result`` here build the input's row. Segments come out as they are decoded (``stream``).
 """
 
