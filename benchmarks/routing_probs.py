@@ -26,7 +26,8 @@ KEEP = 1e-7
 
 
 def load_sets(spec: str, max_per_language: int | None):
-    """``name=manifest[:split]`` items, comma-separated, as (name, examples); rows without a language skipped."""
+    """``name=manifest[:split]`` items, comma-separated, as (name, examples); rows without a language skipped, and
+    at most ``max_per_language`` rows of each language in a set of several languages."""
     from lora_whisper.train.data import has_column, load_manifest, validate
 
     out = []
@@ -39,11 +40,12 @@ def load_sets(spec: str, max_per_language: int | None):
             path, split=split or None, split_column="split" if by_split else None, speaker_column=speaker
         )
         rows, seen = [], {}
+        several = len({e.language for e in loaded.examples if e.language}) > 1  # a one-language set is kept whole
         for e in loaded.examples:
             if not e.language:
                 continue
             seen[e.language] = seen.get(e.language, 0) + 1
-            if max_per_language is None or seen[e.language] <= max_per_language:
+            if max_per_language is None or not several or seen[e.language] <= max_per_language:
                 rows.append(e)
         out.append((name, validate(type(loaded)(rows)).examples))
     return out

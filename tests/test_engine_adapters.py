@@ -64,18 +64,18 @@ def test_grouped_mixed_and_single_agree(fp32_base, reg, wavs):
     engine.pool.rows = lambda names: rows_calls.append(list(names)) or orig_rows(names)
     for batching, out in (("mixed", mixed), ("grouped", grouped)):
         refs = iter(["fr@1", "de@1", None, "fr-medical@1", "fr@1", "de@1"])
-        orig = eng.route
+        orig = eng.decide
 
-        def fake_route(probs, records, request, _refs=refs):
+        def fake_route(probs, claims, records, request, _refs=refs):
             from lora_whisper.transcribe.routing import Route
 
             return Route("fr", None, next(_refs), "test")
 
-        eng.route = fake_route
+        eng.decide = fake_route
         try:
             out += [r.text for r in _texts(engine, files, language="fr", batching=batching, batch_size=6)]
         finally:
-            eng.route = orig
+            eng.decide = orig
     # the mixed path ran once, one batch holding rows of three adapters and the base
     assert rows_calls == [["fr@1", "de@1", "__base__", "fr-medical@1", "fr@1", "de@1"]]
     assert mixed == grouped == singles
@@ -143,7 +143,7 @@ def test_more_adapters_in_one_run_than_the_cache_holds(fp32_base, reg, wavs, mon
     refs = ["fr@1", "fr-medical@1", "de@1"]
     singles = [_texts(Engine(fp32_base, reg), [f], adapter=r, language="fr")[0].text for f, r in zip(files, refs)]
     it = iter(refs)
-    monkeypatch.setattr(eng, "route", lambda probs, records, request: Route("fr", None, next(it), "test"))
+    monkeypatch.setattr(eng, "decide", lambda probs, claims, records, request: Route("fr", None, next(it), "test"))
     engine = Engine(fp32_base, reg, cache_size=1)
     res = _texts(engine, files, language="fr", batch_size=3)
     assert [r.adapter for r in res] == refs and [r.text for r in res] == singles
