@@ -119,11 +119,7 @@ def _check_data(r) -> list[str]:
     if not isinstance(d.contrast, list) or not all(isinstance(x, str) for x in d.contrast):
         p.append(f"data.contrast: expected a list of manifest paths, got {_show(d.contrast)}")
     else:
-        for v in d.contrast:
-            if unset := _unset_vars(v):
-                p.append(
-                    f"data.contrast: environment variable {unset[0]} is not set; export it or pass --set data.contrast=[PATH]"
-                )
+        p += _unset_in("data.contrast", d.contrast)
     p += _check_filter("data.contrast_split", d.contrast_split, "data.contrast_languages", d.contrast_languages)
     if not isinstance(d.contrast_max, int) or d.contrast_max < 0:
         p.append(f"data.contrast_max: must be 0 or a positive integer, got {_show(d.contrast_max)}")
@@ -214,12 +210,7 @@ def _check_calibration(r) -> list[str]:
     if not isinstance(c.negatives, list) or not all(isinstance(x, str) and x for x in c.negatives):
         p.append(f"calibration.negatives: expected a list of paths, got {_show(c.negatives)}")
     else:
-        for v in c.negatives:
-            if unset := _unset_vars(v):
-                p.append(
-                    f"calibration.negatives: environment variable {unset[0]} is not set; export it or pass "
-                    "--set calibration.negatives=[PATH]"
-                )
+        p += _unset_in("calibration.negatives", c.negatives)
     if not isinstance(c.max_per_source, int) or c.max_per_source < 1:
         p.append(f"calibration.max_per_source: must be a positive integer, got {_show(c.max_per_source)}")
     if not _num(c.margin, 1):
@@ -241,6 +232,15 @@ def _check_filter(split_field: str, split, languages_field: str, languages) -> l
         elif bad := [x for x in languages if x not in WHISPER_LANGUAGES]:
             p.append(f"{languages_field}: not Whisper language codes: {bad}")
     return p
+
+
+def _unset_in(field: str, paths: list[str]) -> list[str]:
+    """One problem per path of a list field that names an environment variable the environment does not define."""
+    return [
+        f"{field}: environment variable {unset[0]} is not set; export it or pass --set {field}=[PATH]"
+        for v in paths
+        if (unset := _unset_vars(v))
+    ]
 
 
 def _unset_vars(text: str) -> list[str]:
