@@ -379,7 +379,7 @@ def test_persian_recipe_on_real_clips_learns_and_calibrates(tiny_model_dir, tmp_
     rec = Registry(tmp_path / "adapters").get("fa-commonvoice")
     assert rec.metrics["contrast_clips"] == 12
     assert rec.decoding == {"drop_failed": True, "beam_size": 5}  # the recipe's eval section, filed with the adapter
-    assert rec.recipe["data"]["speed_perturb"] == [0.9, 1.1] and rec.metrics["train_clips"] % 2 == 0  # + a copy each
+    assert rec.recipe["data"]["speed_perturb"] is None  # the recipe trains on the clips as recorded (45 min budget)
     assert rec.language == "fa" and rec.lora["scope"] == "decoder" and rec.metrics["held_out"] == 4
     state = json.loads(sorted((tmp_path / "run").glob("checkpoint-*/trainer_state.json"))[-1].read_text())
     losses = [h["loss"] for h in state["log_history"] if "loss" in h]
