@@ -73,13 +73,6 @@ def print_replay(rows, records, consult_below):
             print(f"{'all':<8}{'':<6}{kind:<11}{c['_n']:>5}  sent to an adapter: {sent} ({sent / c['_n']:.1%})")
 
 
-def run(engine, examples, language=None):
-    """Rows (reference, hypothesis, detected language, adapter) and seconds, through Engine.transcribe."""
-    from bench_fa import run as _run
-
-    return _run(engine, examples, "auto" if language is None else "auto", language)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--registry", default="adapters")

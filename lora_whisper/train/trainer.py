@@ -88,6 +88,15 @@ class TrainResult:
     """Wall time of each step of the run, in order (``steps.STEPS``); ``steps.step_table`` prints them."""
 
 
+def check_whole(recipe: Recipe) -> None:
+    """Raise ``RecipeError`` listing every problem of ``recipe`` (a recipe built in code skips ``load_recipe``)."""
+    from .recipe import RecipeError
+    from .recipe import validate as recipe_problems
+
+    if problems := recipe_problems(recipe):
+        raise RecipeError(problems, "recipe")
+
+
 def train(
     recipe: Recipe,
     registry: Registry,
@@ -114,12 +123,7 @@ def train(
     """
     from transformers import set_seed
 
-    from .recipe import RecipeError
-    from .recipe import validate as recipe_problems
-
-    # the whole recipe, before the run folder (an earlier run's checkpoints) is touched
-    if problems := recipe_problems(recipe):
-        raise RecipeError(problems, "recipe")
+    check_whole(recipe)  # before the run folder (an earlier run's checkpoints) is touched
     set_seed(recipe.train.seed)
     timer, run_dir = StepTimer(), recipe.run_dir
     prepare_run_dir(run_dir, resume)
